@@ -87,7 +87,13 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub fn new(local_port: u32, peer_port: u32, kind: SocketType, phase: Phase, buf_alloc: u32) -> Self {
+    pub fn new(
+        local_port: u32,
+        peer_port: u32,
+        kind: SocketType,
+        phase: Phase,
+        buf_alloc: u32,
+    ) -> Self {
         Conn {
             local_port,
             peer_port,
@@ -139,7 +145,8 @@ impl Conn {
     /// Whether a SHUTDOWN is owed and may go now: one that closes our sending side waits
     /// until every queued byte has been sent.
     pub fn shutdown_ready(&self) -> bool {
-        self.owed & owed::SHUTDOWN != 0 && (self.local_shut & shutdown::SEND == 0 || self.send.is_empty())
+        self.owed & owed::SHUTDOWN != 0
+            && (self.local_shut & shutdown::SEND == 0 || self.send.is_empty())
     }
 
     /// Drops unread data nobody will read, counting it as consumed so the peer's credit

@@ -153,7 +153,10 @@ mod tests {
         let mut rx = RxCredit::new(1000);
         assert!(rx.receive(100));
         rx.consume(10);
-        assert!(!rx.update_worthwhile(100), "10 freed bytes are not worth a packet");
+        assert!(
+            !rx.update_worthwhile(100),
+            "10 freed bytes are not worth a packet"
+        );
         rx.consume(90);
         assert!(rx.update_worthwhile(100));
         rx.advertised();

@@ -335,7 +335,12 @@ impl Engine {
     /// Opens a connection from a fresh ephemeral port to the peer's `peer_port`.
     ///
     /// Data may be sent at once; it is queued until the peer accepts.
-    pub fn connect(&mut self, now: Instant, peer_port: u32, kind: SocketType) -> Result<ConnId, SetupError> {
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        peer_port: u32,
+        kind: SocketType,
+    ) -> Result<ConnId, SetupError> {
         let local_port = self.pick_ephemeral(peer_port)?;
         self.connect_from(now, local_port, peer_port, kind)
     }
@@ -352,7 +357,13 @@ impl Engine {
             return Err(SetupError::PortInUse(local_port));
         }
         self.check_room()?;
-        let conn = Conn::new(local_port, peer_port, kind, Phase::Connecting, self.config.buf_alloc);
+        let conn = Conn::new(
+            local_port,
+            peer_port,
+            kind,
+            Phase::Connecting,
+            self.config.buf_alloc,
+        );
         let id = self.insert(conn);
         self.set_deadline(id, Some(now + self.config.connect_timeout));
         self.owe(id, owed::REQUEST);
@@ -378,7 +389,13 @@ impl Engine {
     pub fn send(&mut self, id: ConnId, data: &[u8]) -> Result<usize, StreamError> {
         let room = self.send_room(id, SocketType::Stream)?;
         let n = room.min(data.len());
-        self.enqueue(id, Bytes::copy_from_slice(&data[..n]), data.len(), false, false)
+        self.enqueue(
+            id,
+            Bytes::copy_from_slice(&data[..n]),
+            data.len(),
+            false,
+            false,
+        )
     }
 
     /// Queues stream bytes without copying; returns how many were taken.
@@ -398,7 +415,10 @@ impl Engine {
             max = max.min(conn.tx.peer_buf_alloc as usize);
         }
         if data.len() > max {
-            return Err(StreamError::MessageTooLarge { len: data.len(), max });
+            return Err(StreamError::MessageTooLarge {
+                len: data.len(),
+                max,
+            });
         }
         if data.len() > room {
             self.conn_mut(id).expect("checked").write_blocked = true;
@@ -411,9 +431,11 @@ impl Engine {
     /// Copies received stream bytes into `buf`. `Ok(0)` means end of stream (the peer
     /// shut its sending side, or we shut reading, and everything was read).
     pub fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, StreamError> {
-        self.read_with(id, SocketType::Stream, |conn| match conn.recv.read_into(buf) {
-            0 if !buf.is_empty() => None,
-            n => Some(n),
+        self.read_with(id, SocketType::Stream, |conn| {
+            match conn.recv.read_into(buf) {
+                0 if !buf.is_empty() => None,
+                n => Some(n),
+            }
         })
         .map(|n| n.unwrap_or(0))
     }
@@ -533,7 +555,12 @@ impl Engine {
 
     /// Feeds one received packet. Errors mean the packet was dropped as not belonging to
     /// this engine; protocol mistakes inside a connection reset that connection instead.
-    pub fn handle_packet(&mut self, now: Instant, hdr: &Header, payload: Bytes) -> Result<(), PacketError> {
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        hdr: &Header,
+        payload: Bytes,
+    ) -> Result<(), PacketError> {
         self.check_packet(hdr, &payload)?;
         let Some(op) = hdr.op() else {
             self.refuse(hdr, "unknown op");
@@ -644,12 +671,22 @@ impl Engine {
             self.refuse(hdr, "no such connection");
             return;
         }
-        let listening = self.listeners.get(&hdr.dst_port).copied().or(self.accept_any);
+        let listening = self
+            .listeners
+            .get(&hdr.dst_port)
+            .copied()
+            .or(self.accept_any);
         if listening != Some(kind) || self.check_room().is_err() {
             self.refuse(hdr, "nobody listens or table full");
             return;
         }
-        let mut conn = Conn::new(hdr.dst_port, hdr.src_port, kind, Phase::Incoming, self.config.buf_alloc);
+        let mut conn = Conn::new(
+            hdr.dst_port,
+            hdr.src_port,
+            kind,
+            Phase::Incoming,
+            self.config.buf_alloc,
+        );
         conn.tx.update(hdr.buf_alloc, hdr.fwd_cnt);
         let id = self.insert(conn);
         self.set_deadline(id, Some(now + self.config.connect_timeout));
@@ -740,7 +777,10 @@ impl Engine {
         let Some(conn) = self.conn(id) else {
             return;
         };
-        if conn.peer_shut == shutdown::BOTH && conn.is_open() && (conn.released || conn.recv.is_empty()) {
+        if conn.peer_shut == shutdown::BOTH
+            && conn.is_open()
+            && (conn.released || conn.recv.is_empty())
+        {
             self.reset(id, Some(CloseReason::Graceful));
         }
     }
@@ -952,7 +992,9 @@ impl Engine {
             } else {
                 port + 1
             };
-            if !self.listeners.contains_key(&port) && !self.by_ports.contains_key(&(port, peer_port)) {
+            if !self.listeners.contains_key(&port)
+                && !self.by_ports.contains_key(&(port, peer_port))
+            {
                 return Ok(port);
             }
         }
@@ -1025,7 +1067,14 @@ impl Engine {
         Ok((self.config.send_buf as usize).saturating_sub(conn.send.len()))
     }
 
-    fn enqueue(&mut self, id: ConnId, data: Bytes, wanted: usize, eom: bool, eor: bool) -> Result<usize, StreamError> {
+    fn enqueue(
+        &mut self,
+        id: ConnId,
+        data: Bytes,
+        wanted: usize,
+        eom: bool,
+        eor: bool,
+    ) -> Result<usize, StreamError> {
         let n = data.len();
         let conn = self.conn_mut(id).expect("checked by send_room");
         if n < wanted || (n == 0 && wanted > 0) {
