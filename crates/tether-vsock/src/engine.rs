@@ -524,6 +524,12 @@ impl Engine {
         self.data_queue.clear();
     }
 
+    /// Whether [`Engine::poll_transmit`] may have a packet now (a cheap hint for waking
+    /// a writer; it can be wrong only towards `true`).
+    pub fn has_transmit(&self) -> bool {
+        !self.orphan_rsts.is_empty() || !self.ctrl_queue.is_empty() || !self.data_queue.is_empty()
+    }
+
     /// The next happening to report, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
