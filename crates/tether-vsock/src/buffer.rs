@@ -41,8 +41,10 @@ impl SendQueue {
         self.len
     }
 
+    /// No chunks left. Counting chunks rather than bytes keeps an empty seqpacket message
+    /// in the queue until its packet has gone out.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.chunks.is_empty()
     }
 
     pub fn push(&mut self, data: Bytes, eom: bool, eor: bool) {

@@ -125,21 +125,25 @@ impl Conn {
         self.local_shut & shutdown::SEND == 0 && self.peer_shut & shutdown::RCV == 0
     }
 
-    /// Bytes of data the next RW may carry now, zero when blocked.
+    /// Bytes of data the next RW may carry now, `None` when blocked. `Some(0)` is an empty
+    /// seqpacket message, which needs no credit.
     ///
     /// Stays silent while the peer's credit is below a useful packet, so a peer that frees
     /// a few bytes at a time is not flooded with tiny packets (some guests reset for that).
-    pub fn sendable(&self, max_payload: u32, min_packet: u32) -> u32 {
+    pub fn sendable(&self, max_payload: u32, min_packet: u32) -> Option<u32> {
         if !self.is_open() || self.send.is_empty() {
-            return 0;
+            return None;
         }
         let want = self.send.front_len().min(max_payload as usize) as u32;
+        if want == 0 {
+            return Some(0);
+        }
         let credit = self.tx.available();
         let useful = min_packet.min(want).min(self.tx.peer_buf_alloc / 4).max(1);
         if credit < useful {
-            return 0;
+            return None;
         }
-        want.min(credit)
+        Some(want.min(credit))
     }
 
     /// Whether a SHUTDOWN is owed and may go now: one that closes our sending side waits

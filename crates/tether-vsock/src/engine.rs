@@ -568,15 +568,18 @@ impl Engine {
         payload: Bytes,
     ) -> Result<(), PacketError> {
         self.check_packet(hdr, &payload)?;
-        let Some(op) = hdr.op() else {
-            self.refuse(hdr, "unknown op");
+        let live = self.lookup(hdr.dst_port, hdr.src_port);
+        let (Some(op), Some(kind)) = (hdr.op(), hdr.socket_type()) else {
+            // Our RST ends the peer's side of a live connection, so ours must end too.
+            match live {
+                Some(id) if hdr.op != Op::Rst.to_u16() => {
+                    self.violation(id, "undefined op or socket type")
+                }
+                _ => self.refuse(hdr, "undefined op or socket type"),
+            }
             return Ok(());
         };
-        let Some(kind) = hdr.socket_type() else {
-            self.refuse(hdr, "unknown socket type");
-            return Ok(());
-        };
-        let Some(id) = self.lookup(hdr.dst_port, hdr.src_port) else {
+        let Some(id) = live else {
             self.handle_unknown(now, hdr, op, kind);
             return Ok(());
         };
@@ -608,8 +611,10 @@ impl Engine {
     }
 
     /// The next packet to send, at most `max_payload` bytes of payload (a device passes
-    /// the room in the guest's receive buffer). Control packets go first; data is taken
-    /// round-robin, one packet per connection per turn, so no connection starves another.
+    /// the room in the guest's receive buffer; with 0 only control packets go). Control
+    /// packets go first; data is taken round-robin, one packet per connection per turn, so
+    /// no connection starves another. `None` means nothing is owed until the engine is fed
+    /// again.
     pub fn poll_transmit(&mut self, max_payload: u32) -> Option<Transmit> {
         if let Some(header) = self.orphan_rsts.pop_front() {
             return Some(Transmit {
@@ -617,6 +622,29 @@ impl Engine {
                 payload: Bytes::new(),
             });
         }
+        if let Some(t) = self.poll_control() {
+            return Some(t);
+        }
+        let limit = max_payload.min(self.config.max_payload);
+        if limit > 0 {
+            while let Some(id) = self.data_queue.pop_front() {
+                let Some(conn) = self.conn_mut(id) else {
+                    continue;
+                };
+                conn.in_data_queue = false;
+                if let Some(t) = self.next_data(id, limit) {
+                    self.schedule(id);
+                    return Some(t);
+                }
+                self.schedule(id);
+            }
+        }
+        // A connection found starved just now owes a CREDIT_REQUEST; returning `None`
+        // instead would leave it unsent until something else woke the caller.
+        self.poll_control()
+    }
+
+    fn poll_control(&mut self) -> Option<Transmit> {
         while let Some(id) = self.ctrl_queue.pop_front() {
             let Some(conn) = self.conn_mut(id) else {
                 continue;
@@ -626,18 +654,6 @@ impl Engine {
                 self.schedule(id);
                 return Some(t);
             }
-        }
-        let limit = max_payload.min(self.config.max_payload).max(1);
-        while let Some(id) = self.data_queue.pop_front() {
-            let Some(conn) = self.conn_mut(id) else {
-                continue;
-            };
-            conn.in_data_queue = false;
-            if let Some(t) = self.next_data(id, limit) {
-                self.schedule(id);
-                return Some(t);
-            }
-            self.schedule(id);
         }
         None
     }
@@ -717,10 +733,13 @@ impl Engine {
 
     fn on_rst(&mut self, id: ConnId) {
         let conn = self.conn_mut(id).expect("live");
+        // Our SHUTDOWN of both directions already on the wire makes this RST the expected
+        // end of the close handshake, whether we got there by close() or shutdown(Both).
+        let we_shut_both = conn.local_shut == shutdown::BOTH && conn.owed & owed::SHUTDOWN == 0;
         let reason = match conn.phase {
             Phase::Connecting => CloseReason::Refused,
             Phase::Closing => CloseReason::Graceful,
-            _ if conn.peer_shut == shutdown::BOTH => CloseReason::Graceful,
+            _ if conn.peer_shut == shutdown::BOTH || we_shut_both => CloseReason::Graceful,
             _ => CloseReason::Reset,
         };
         self.kill(id, reason);
@@ -734,11 +753,15 @@ impl Engine {
         }
         let new = flags & shutdown::BOTH & !conn.peer_shut;
         conn.peer_shut |= new;
+        // A released handle hears nothing more: its id may mean nothing to the caller now.
+        let tell = !conn.released;
         if new & shutdown::RCV != 0 {
             conn.send.clear();
-            self.events.push_back(Event::WriteClosed(id));
+            if tell {
+                self.events.push_back(Event::WriteClosed(id));
+            }
         }
-        if new & shutdown::SEND != 0 {
+        if new & shutdown::SEND != 0 && tell {
             self.events.push_back(Event::ReadClosed(id));
         }
         self.finish_if_done(id);
@@ -819,17 +842,16 @@ impl Engine {
     fn next_data(&mut self, id: ConnId, limit: u32) -> Option<Transmit> {
         let (min_packet, send_buf) = (self.config.min_packet(), self.config.send_buf);
         let conn = self.conn_mut(id)?;
-        let n = conn.sendable(limit, min_packet);
-        if n == 0 {
+        let Some(n) = conn.sendable(limit, min_packet) else {
             if !conn.send.is_empty() && conn.is_open() && !conn.credit_requested {
                 conn.credit_requested = true;
                 conn.owed |= owed::CREDIT_REQUEST;
             }
             return None;
-        }
+        };
         let piece = conn.send.take(n as usize).expect("sendable implies data");
         conn.tx.consume(piece.data.len() as u32);
-        if conn.write_blocked && (conn.send.len() as u32) < send_buf {
+        if conn.write_blocked && !conn.released && (conn.send.len() as u32) < send_buf {
             conn.write_blocked = false;
             self.events.push_back(Event::Writable(id));
         }
@@ -1042,7 +1064,7 @@ impl Engine {
         }
         let conn = self.conn_mut(id).expect("live");
         let wants_data = !conn.send.is_empty() && conn.is_open();
-        let starved = wants_data && conn.sendable(max_payload, min_packet) == 0;
+        let starved = wants_data && conn.sendable(max_payload, min_packet).is_none();
         if wants_data && !conn.in_data_queue && (!starved || !conn.credit_requested) {
             conn.in_data_queue = true;
             self.data_queue.push_back(id);
@@ -1054,7 +1076,14 @@ impl Engine {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        if conn.is_open() && conn.rx.update_worthwhile(threshold) {
+        // A reader holding only part of a seqpacket message can take nothing more until the
+        // sender finishes it, and the sender may be holding back on exactly the room this
+        // read freed (it waits for a useful amount of credit, more than zero).
+        let blocked_on_partial = !conn.recv.is_empty() && !conn.recv.readable();
+        let unadvertised = conn.rx.fwd_cnt != conn.rx.last_advertised;
+        if conn.is_open()
+            && (conn.rx.update_worthwhile(threshold) || (blocked_on_partial && unadvertised))
+        {
             self.owe(id, owed::CREDIT_UPDATE);
         }
     }
