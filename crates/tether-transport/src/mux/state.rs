@@ -1,0 +1,298 @@
+//! State shared by the driver tasks and every stream of one mux: the engine of the
+//! current link session, wakers, listeners and the session lifecycle.
+
+use super::link::{Hello, VERSION};
+use super::{LinkStatus, MuxConfig, MuxError, MuxStream};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::Instant;
+use tether_vsock::{CloseReason, ConnId, Engine, Event, SocketType};
+use tokio::sync::{watch, Notify};
+
+/// Wakers and outcome of one connection as seen by its stream.
+#[derive(Default, Debug)]
+pub(crate) struct Slot {
+    pub read: Option<Waker>,
+    pub write: Option<Waker>,
+    pub connect: Option<Waker>,
+    pub connected: bool,
+    pub closed: Option<CloseReason>,
+}
+
+impl Slot {
+    fn wake_all(&mut self) {
+        for w in [self.read.take(), self.write.take(), self.connect.take()]
+            .into_iter()
+            .flatten()
+        {
+            w.wake();
+        }
+    }
+}
+
+/// Incoming connections to one port, waiting for the application's `accept`.
+///
+/// As with TCP, up to `accept_backlog` of them are answered at once (the first `ready`
+/// entries); beyond that the REQUEST waits unanswered, bounded by the connection table
+/// and the peer's connect timeout, so a busy acceptor delays connects instead of
+/// refusing them.
+#[derive(Default, Debug)]
+pub(crate) struct ListenSlot {
+    pub pending: VecDeque<ConnId>,
+    pub ready: usize,
+    pub waker: Option<Waker>,
+}
+
+impl ListenSlot {
+    /// Answers waiting REQUESTs, in order, while the backlog has room.
+    fn promote(&mut self, engine: &mut Engine, backlog: usize) {
+        while self.ready < backlog.max(1) && self.ready < self.pending.len() {
+            // A connection that died waiting fails here and is dropped at accept.
+            let _ = engine.accept(self.pending[self.ready]);
+            self.ready += 1;
+        }
+    }
+}
+
+pub(crate) struct State {
+    pub cfg: MuxConfig,
+    /// Engine of the current session; `None` while handshaking or after the end.
+    pub engine: Option<Engine>,
+    /// Counts sessions so a stream of an old one is never mistaken for a new one.
+    pub session: u64,
+    pub our_nonce: u64,
+    pub peer_nonce: Option<u64>,
+    /// A hello owed to the link, with its ACK flag.
+    pub hello_due: Option<bool>,
+    /// When to repeat our hello while the peer has not answered.
+    pub next_hello: Option<Instant>,
+    pub hello_backoff: std::time::Duration,
+    pub slots: HashMap<ConnId, Slot>,
+    pub listeners: HashMap<u32, ListenSlot>,
+    /// Why the latest session ended; reported to its streams.
+    pub last_reset: Arc<str>,
+    /// Set once the link is gone for good.
+    pub closed: Option<MuxError>,
+    /// Every handle is gone: flush what is queued, then close.
+    pub draining: bool,
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// Wakes the writer task: packets or a hello may be due.
+    pub writer: Notify,
+    pub status: watch::Sender<LinkStatus>,
+    pub reader_abort: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Shared {
+    pub fn new(cfg: MuxConfig) -> Arc<Shared> {
+        let state = State {
+            hello_backoff: cfg.hello_interval,
+            cfg,
+            engine: None,
+            session: 0,
+            our_nonce: random_nonce(),
+            peer_nonce: None,
+            hello_due: Some(false),
+            next_hello: None,
+            slots: HashMap::new(),
+            listeners: HashMap::new(),
+            last_reset: Arc::from("no link session yet"),
+            closed: None,
+            draining: false,
+        };
+        Arc::new(Shared {
+            state: Mutex::new(state),
+            writer: Notify::new(),
+            status: watch::Sender::new(LinkStatus::Handshaking),
+            reader_abort: Mutex::new(None),
+        })
+    }
+
+    /// Locks the state. A panic while holding the lock is a bug that already took its
+    /// task down; the state itself stays consistent between calls, so keep serving.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands engine events to the streams, listeners and connectors waiting on them.
+    pub fn dispatch(self: &Arc<Self>, st: &mut State) {
+        let now = Instant::now();
+        while let Some(ev) = st.engine.as_mut().and_then(Engine::poll_event) {
+            match ev {
+                Event::Incoming { id, local_port, .. } => self.incoming(st, now, id, local_port),
+                Event::Connected(id) => {
+                    if let Some(slot) = st.slots.get_mut(&id) {
+                        slot.connected = true;
+                        slot.connect.take().map(Waker::wake);
+                    }
+                }
+                Event::Readable(id) | Event::ReadClosed(id) => {
+                    if let Some(w) = st.slots.get_mut(&id).and_then(|s| s.read.take()) {
+                        w.wake();
+                    }
+                }
+                Event::Writable(id) | Event::WriteClosed(id) => {
+                    if let Some(w) = st.slots.get_mut(&id).and_then(|s| s.write.take()) {
+                        w.wake();
+                    }
+                }
+                Event::Closed(id, reason) => {
+                    if let Some(slot) = st.slots.get_mut(&id) {
+                        slot.closed = Some(reason);
+                        slot.wake_all();
+                    }
+                }
+            }
+        }
+        if st.engine.as_ref().is_some_and(Engine::has_transmit) {
+            self.writer.notify_one();
+        }
+    }
+
+    fn incoming(&self, st: &mut State, now: Instant, id: ConnId, local_port: u32) {
+        let engine = st.engine.as_mut().expect("events come from an engine");
+        let Some(l) = st.listeners.get_mut(&local_port) else {
+            engine.close(now, id);
+            return;
+        };
+        l.pending.push_back(id);
+        l.promote(engine, st.cfg.accept_backlog);
+        l.waker.take().map(Waker::wake);
+    }
+
+    /// Accepts the oldest pending connection to `port` that is still alive.
+    pub fn accept_pending(self: &Arc<Self>, st: &mut State, port: u32) -> Option<MuxStream> {
+        let now = Instant::now();
+        let engine = st.engine.as_mut()?;
+        let listener = st.listeners.get_mut(&port)?;
+        while let Some(id) = listener.pending.pop_front() {
+            listener.ready = listener.ready.saturating_sub(1);
+            listener.promote(engine, st.cfg.accept_backlog);
+            if engine.accept(id).is_err() {
+                // The peer gave up while it waited.
+                engine.close(now, id);
+                continue;
+            }
+            let (local, peer) = engine.ports(id).expect("accepted connection is live");
+            st.slots.insert(
+                id,
+                Slot {
+                    connected: true,
+                    ..Slot::default()
+                },
+            );
+            self.writer.notify_one();
+            return Some(MuxStream::new(self.clone(), st.session, id, local, peer));
+        }
+        None
+    }
+
+    /// Handles the peer's hello: opens a session, notices a restarted peer, answers.
+    pub fn on_hello(self: &Arc<Self>, st: &mut State, hello: Hello) {
+        if hello.version != VERSION {
+            self.terminate(
+                st,
+                MuxError::VersionMismatch {
+                    ours: VERSION,
+                    theirs: hello.version,
+                },
+            );
+            return;
+        }
+        if hello.cid == st.cfg.cid {
+            self.terminate(st, MuxError::SameCid(hello.cid));
+            return;
+        }
+        match st.peer_nonce {
+            Some(n) if n == hello.nonce => {}
+            Some(_) => {
+                self.end_session(st, "the peer restarted the link");
+                self.start_session(st, hello);
+            }
+            None => self.start_session(st, hello),
+        }
+        if !hello.ack {
+            st.hello_due = Some(true);
+            self.writer.notify_one();
+        }
+    }
+
+    fn start_session(self: &Arc<Self>, st: &mut State, hello: Hello) {
+        let mut config = st.cfg.engine_config(hello.cid);
+        config.max_payload = config.max_payload.min(hello.max_payload.max(1));
+        let mut engine = Engine::new(config);
+        for &port in st.listeners.keys() {
+            engine.listen(port, SocketType::Stream);
+        }
+        st.engine = Some(engine);
+        st.peer_nonce = Some(hello.nonce);
+        st.next_hello = None;
+        tracing::debug!(peer_cid = hello.cid, session = st.session, "mux link up");
+        self.status.send_replace(LinkStatus::Up {
+            peer_cid: hello.cid,
+        });
+    }
+
+    /// Ends the current session: every connection fails with `why`.
+    pub fn end_session(&self, st: &mut State, why: &str) {
+        if let Some(mut engine) = st.engine.take() {
+            engine.reset_all(CloseReason::EngineReset);
+        }
+        for slot in st.slots.values_mut() {
+            slot.wake_all();
+        }
+        st.slots.clear();
+        for l in st.listeners.values_mut() {
+            l.pending.clear();
+            l.ready = 0;
+        }
+        st.session += 1;
+        st.peer_nonce = None;
+        st.last_reset = Arc::from(why);
+    }
+
+    /// Tears a session down after a protocol error on the link and offers a new one.
+    pub fn restart(&self, st: &mut State, why: String) {
+        tracing::warn!(reason = %why, "mux link torn down");
+        self.end_session(st, &why);
+        st.our_nonce = random_nonce();
+        st.hello_due = Some(false);
+        st.hello_backoff = st.cfg.hello_interval;
+        st.next_hello = None;
+        self.status.send_replace(LinkStatus::Handshaking);
+        self.writer.notify_one();
+    }
+
+    /// Ends the mux for good.
+    pub fn terminate(&self, st: &mut State, err: MuxError) {
+        if st.closed.is_some() {
+            return;
+        }
+        tracing::debug!(reason = %err, "mux link closed");
+        self.end_session(st, &err.to_string());
+        for l in st.listeners.values_mut() {
+            l.waker.take().map(Waker::wake);
+        }
+        st.closed = Some(err.clone());
+        self.status.send_replace(LinkStatus::Closed(err));
+        self.writer.notify_one();
+        if let Some(abort) = self
+            .reader_abort
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            abort.abort();
+        }
+    }
+}
+
+fn random_nonce() -> u64 {
+    // RandomState is seeded from the OS per process and per instance: enough to tell one
+    // link session from the next without another dependency.
+    RandomState::new().hash_one(Instant::now())
+}

@@ -1,0 +1,198 @@
+//! One mux connection as a tokio byte stream.
+
+use super::state::{Shared, State};
+use super::Keepalive;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tether_vsock::{CloseReason, ConnId, Engine, Shutdown, StreamError};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A connection over a mux link: `AsyncRead + AsyncWrite`, where `shutdown()` is a
+/// half-close (the peer reads EOF, this end can still read) and dropping closes both ways.
+pub struct MuxStream {
+    shared: Arc<Shared>,
+    session: u64,
+    id: ConnId,
+    local_port: u32,
+    peer_port: u32,
+    _keepalive: Option<Arc<Keepalive>>,
+}
+
+impl std::fmt::Debug for MuxStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MuxStream")
+            .field("local_port", &self.local_port)
+            .field("peer_port", &self.peer_port)
+            .finish()
+    }
+}
+
+impl MuxStream {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        session: u64,
+        id: ConnId,
+        local_port: u32,
+        peer_port: u32,
+    ) -> Self {
+        MuxStream {
+            shared,
+            session,
+            id,
+            local_port,
+            peer_port,
+            _keepalive: None,
+        }
+    }
+
+    pub(crate) fn with_keepalive(mut self, k: Arc<Keepalive>) -> Self {
+        self._keepalive = Some(k);
+        self
+    }
+
+    pub(crate) fn session(&self) -> u64 {
+        self.session
+    }
+
+    pub(crate) fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// This end's port.
+    pub fn local_port(&self) -> u32 {
+        self.local_port
+    }
+
+    /// The peer's port.
+    pub fn peer_port(&self) -> u32 {
+        self.peer_port
+    }
+
+    /// Runs `op` on this connection's engine, then lets events and the writer move.
+    fn with_engine<T>(
+        &self,
+        op: impl FnOnce(&mut Engine, &mut State) -> Result<T, StreamError>,
+    ) -> Result<T, io::Error> {
+        let mut guard = self.shared.lock();
+        let st = &mut *guard;
+        if st.session != self.session {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("mux link reset: {}", st.last_reset),
+            ));
+        }
+        let Some(mut engine) = st.engine.take() else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "mux link is down",
+            ));
+        };
+        let out = op(&mut engine, st);
+        st.engine = Some(engine);
+        self.shared.dispatch(st);
+        out.map_err(|e| to_io(e, &st.last_reset))
+    }
+}
+
+fn to_io(e: StreamError, last_reset: &str) -> io::Error {
+    use io::ErrorKind as K;
+    let kind = match e {
+        StreamError::WouldBlock => K::WouldBlock,
+        StreamError::UnknownConnection => K::NotConnected,
+        StreamError::BrokenPipe => K::BrokenPipe,
+        StreamError::Closed(CloseReason::Reset) => K::ConnectionReset,
+        StreamError::Closed(CloseReason::Refused) => K::ConnectionRefused,
+        StreamError::Closed(CloseReason::TimedOut) => K::TimedOut,
+        StreamError::Closed(CloseReason::EngineReset) => {
+            return io::Error::new(
+                K::ConnectionAborted,
+                format!("mux link reset: {last_reset}"),
+            )
+        }
+        StreamError::Closed(_) => K::ConnectionAborted,
+        StreamError::MessageTooLarge { .. } | StreamError::WrongType(_) => K::InvalidInput,
+    };
+    io::Error::new(kind, e)
+}
+
+impl AsyncRead for MuxStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let id = self.id;
+        let res = self.with_engine(|engine, st| {
+            let n = engine.recv(id, buf.initialize_unfilled());
+            if matches!(n, Err(StreamError::WouldBlock)) {
+                // Park under the same lock as the check, so a wake cannot slip between.
+                if let Some(slot) = st.slots.get_mut(&id) {
+                    slot.read = Some(cx.waker().clone());
+                }
+            }
+            n
+        });
+        match res {
+            Ok(n) => {
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for MuxStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let id = self.id;
+        let res = self.with_engine(|engine, st| {
+            let n = engine.send(id, data);
+            if matches!(n, Err(StreamError::WouldBlock)) {
+                if let Some(slot) = st.slots.get_mut(&id) {
+                    slot.write = Some(cx.waker().clone());
+                }
+            }
+            n
+        });
+        match res {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+            other => Poll::Ready(other),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Queued bytes go out in order without further action, as with a socket.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let id = self.id;
+        let res = self.with_engine(|engine, _| match engine.shutdown(id, Shutdown::Write) {
+            Err(StreamError::Closed(CloseReason::Graceful)) => Ok(()),
+            other => other,
+        });
+        Poll::Ready(res)
+    }
+}
+
+impl Drop for MuxStream {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        if st.session != self.session {
+            return;
+        }
+        st.slots.remove(&self.id);
+        if let Some(engine) = st.engine.as_mut() {
+            engine.close(Instant::now(), self.id);
+        }
+        self.shared.dispatch(&mut st);
+    }
+}
