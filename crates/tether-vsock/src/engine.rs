@@ -585,7 +585,11 @@ impl Engine {
         };
         let conn = self.conn_mut(id).expect("table entry is live");
         if conn.kind != kind {
-            self.violation(id, "socket type changed mid-connection");
+            // An RST of another type is not for this connection (a stale one, most likely)
+            // and must not be answered: drop it.
+            if op != Op::Rst {
+                self.violation(id, "socket type changed mid-connection");
+            }
             return Ok(());
         }
         if op != Op::Request {

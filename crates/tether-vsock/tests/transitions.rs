@@ -1613,3 +1613,20 @@ fn seqpacket_large_messages_behind_small_ones_do_not_stall() {
     );
     assert_eq!(got, want);
 }
+
+#[test]
+fn rst_of_another_socket_type_is_ignored() {
+    // Found by fuzzing: the type check reset the connection, answering the RST.
+    let now = Instant::now();
+    let (mut host, id, local) = connected(now, 4096, |_| {});
+    feed(
+        &mut host,
+        now,
+        from_peer(1024, local, Op::Rst, SEQPACKET),
+        &[],
+    );
+    assert!(drain(&mut host, u32::MAX).is_empty(), "RST answered");
+    assert!(events(&mut host).is_empty());
+    assert_eq!(host.send(id, b"still here"), Ok(10));
+    assert_eq!(rw_lens(&drain(&mut host, u32::MAX)), [10]);
+}
