@@ -23,12 +23,15 @@ pub(crate) struct Slot {
 
 impl Slot {
     fn wake_all(&mut self) {
-        for w in [self.read.take(), self.write.take(), self.connect.take()]
-            .into_iter()
-            .flatten()
-        {
-            w.wake();
-        }
+        wake(&mut self.read);
+        wake(&mut self.write);
+        wake(&mut self.connect);
+    }
+}
+
+fn wake(waker: &mut Option<Waker>) {
+    if let Some(w) = waker.take() {
+        w.wake();
     }
 }
 
@@ -127,17 +130,17 @@ impl Shared {
                 Event::Connected(id) => {
                     if let Some(slot) = st.slots.get_mut(&id) {
                         slot.connected = true;
-                        slot.connect.take().map(Waker::wake);
+                        wake(&mut slot.connect);
                     }
                 }
                 Event::Readable(id) | Event::ReadClosed(id) => {
-                    if let Some(w) = st.slots.get_mut(&id).and_then(|s| s.read.take()) {
-                        w.wake();
+                    if let Some(slot) = st.slots.get_mut(&id) {
+                        wake(&mut slot.read);
                     }
                 }
                 Event::Writable(id) | Event::WriteClosed(id) => {
-                    if let Some(w) = st.slots.get_mut(&id).and_then(|s| s.write.take()) {
-                        w.wake();
+                    if let Some(slot) = st.slots.get_mut(&id) {
+                        wake(&mut slot.write);
                     }
                 }
                 Event::Closed(id, reason) => {
@@ -161,7 +164,7 @@ impl Shared {
         };
         l.pending.push_back(id);
         l.promote(engine, st.cfg.accept_backlog);
-        l.waker.take().map(Waker::wake);
+        wake(&mut l.waker);
     }
 
     /// Accepts the oldest pending connection to `port` that is still alive.
@@ -275,7 +278,7 @@ impl Shared {
         tracing::debug!(reason = %err, "mux link closed");
         self.end_session(st, &err.to_string());
         for l in st.listeners.values_mut() {
-            l.waker.take().map(Waker::wake);
+            wake(&mut l.waker);
         }
         st.closed = Some(err.clone());
         self.status.send_replace(LinkStatus::Closed(err));
