@@ -83,6 +83,9 @@ struct Flow {
     tx: u32,
     buf_alloc: u32,
     fwd_cnt: u32,
+    /// Raw socket type of the connection, once known: a packet of another type does
+    /// not update its credit (it resets the connection, or is dropped if an RST).
+    type_: Option<u16>,
 }
 
 struct Harness {
@@ -144,7 +147,11 @@ impl Harness {
                 };
                 if let Ok(id) = self.engine.connect(self.now, port, kind) {
                     let ports = self.engine.ports(id).expect("new connection has ports");
-                    self.flows.insert(ports, Flow::default());
+                    let flow = Flow {
+                        type_: Some(kind.to_u16()),
+                        ..Flow::default()
+                    };
+                    self.flows.insert(ports, flow);
                     self.remember(ports);
                     self.ids.push(id);
                 }
@@ -383,10 +390,15 @@ impl Harness {
         if hdr.op().is_some() && hdr.socket_type().is_some() {
             let flow = self.flows.entry(pair).or_default();
             if hdr.op() == Some(Op::Request) {
-                *flow = Flow::default();
+                *flow = Flow {
+                    type_: Some(hdr.type_),
+                    ..Flow::default()
+                };
             }
-            flow.buf_alloc = hdr.buf_alloc;
-            flow.fwd_cnt = hdr.fwd_cnt;
+            if flow.type_.is_none_or(|t| t == hdr.type_) {
+                flow.buf_alloc = hdr.buf_alloc;
+                flow.fwd_cnt = hdr.fwd_cnt;
+            }
         }
         self.remember(pair);
     }
@@ -472,7 +484,11 @@ impl Harness {
             }
             Op::Request => {
                 assert!(t.payload.is_empty());
-                self.flows.insert(pair, Flow::default());
+                let flow = Flow {
+                    type_: Some(h.type_),
+                    ..Flow::default()
+                };
+                self.flows.insert(pair, flow);
             }
             Op::Response => {
                 assert!(t.payload.is_empty());
