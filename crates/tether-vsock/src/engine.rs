@@ -329,7 +329,7 @@ impl Engine {
 
     /// `(local port, peer port)` of a connection.
     pub fn ports(&self, id: ConnId) -> Option<(u32, u32)> {
-        self.conn(id).map(|c| (c.local_port, c.peer_port))
+        self.held(id).map(|c| (c.local_port, c.peer_port))
     }
 
     /// Opens a connection from a fresh ephemeral port to the peer's `peer_port`.
@@ -372,7 +372,7 @@ impl Engine {
 
     /// Accepts an [`Event::Incoming`] connection: RESPONSE goes out, data may flow.
     pub fn accept(&mut self, id: ConnId) -> Result<(), StreamError> {
-        let conn = self.conn_mut(id).ok_or(StreamError::UnknownConnection)?;
+        let conn = self.held_mut(id).ok_or(StreamError::UnknownConnection)?;
         match conn.phase {
             Phase::Incoming => {}
             Phase::Dead(reason) => return Err(StreamError::Closed(reason)),
@@ -409,7 +409,7 @@ impl Engine {
     /// Queues one seqpacket message, whole or not at all.
     pub fn send_message(&mut self, id: ConnId, data: Bytes, eor: bool) -> Result<(), StreamError> {
         let room = self.send_room(id, SocketType::SeqPacket)?;
-        let conn = self.conn(id).ok_or(StreamError::UnknownConnection)?;
+        let conn = self.held(id).ok_or(StreamError::UnknownConnection)?;
         let mut max = self.config.send_buf as usize;
         if conn.phase == Phase::Established {
             max = max.min(conn.tx.peer_buf_alloc as usize);
@@ -454,12 +454,12 @@ impl Engine {
 
     /// Bytes (or message bytes) buffered for reading.
     pub fn readable_len(&self, id: ConnId) -> usize {
-        self.conn(id).map_or(0, |c| c.recv.len())
+        self.held(id).map_or(0, |c| c.recv.len())
     }
 
     /// Bytes queued for sending and not yet handed to [`Engine::poll_transmit`].
     pub fn send_queue_len(&self, id: ConnId) -> usize {
-        self.conn(id).map_or(0, |c| c.send.len())
+        self.held(id).map_or(0, |c| c.send.len())
     }
 
     /// Closes one or both directions. Closing `Write` sends SHUTDOWN(SEND) once every
@@ -470,7 +470,7 @@ impl Engine {
             Shutdown::Write => shutdown::SEND,
             Shutdown::Both => shutdown::BOTH,
         };
-        let conn = self.conn_mut(id).ok_or(StreamError::UnknownConnection)?;
+        let conn = self.held_mut(id).ok_or(StreamError::UnknownConnection)?;
         if let Phase::Dead(reason) = conn.phase {
             return Err(StreamError::Closed(reason));
         }
@@ -1008,6 +1008,16 @@ impl Engine {
         slot.conn.as_mut()
     }
 
+    /// A connection the application still holds: once released, its handle names nothing
+    /// for the public calls, even while the close handshake runs on.
+    fn held(&self, id: ConnId) -> Option<&Conn> {
+        self.conn(id).filter(|c| !c.released)
+    }
+
+    fn held_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conn_mut(id).filter(|c| !c.released)
+    }
+
     fn check_room(&self) -> Result<(), SetupError> {
         if self.by_ports.len() >= self.config.max_connections {
             return Err(SetupError::TableFull(self.config.max_connections));
@@ -1093,14 +1103,14 @@ impl Engine {
     }
 
     fn send_room(&self, id: ConnId, kind: SocketType) -> Result<usize, StreamError> {
-        let conn = self.conn(id).ok_or(StreamError::UnknownConnection)?;
+        let conn = self.held(id).ok_or(StreamError::UnknownConnection)?;
         if conn.kind != kind {
             return Err(StreamError::WrongType(conn.kind));
         }
         if let Phase::Dead(reason) = conn.phase {
             return Err(StreamError::Closed(reason));
         }
-        if !conn.can_send() || conn.released {
+        if !conn.can_send() {
             return Err(StreamError::BrokenPipe);
         }
         Ok((self.config.send_buf as usize).saturating_sub(conn.send.len()))
@@ -1136,7 +1146,7 @@ impl Engine {
         kind: SocketType,
         take: impl FnOnce(&mut Conn) -> Option<T>,
     ) -> Result<Option<T>, StreamError> {
-        let conn = self.conn_mut(id).ok_or(StreamError::UnknownConnection)?;
+        let conn = self.held_mut(id).ok_or(StreamError::UnknownConnection)?;
         if conn.kind != kind {
             return Err(StreamError::WrongType(conn.kind));
         }

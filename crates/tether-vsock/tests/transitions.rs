@@ -1630,3 +1630,24 @@ fn rst_of_another_socket_type_is_ignored() {
     assert_eq!(host.send(id, b"still here"), Ok(10));
     assert_eq!(rw_lens(&drain(&mut host, u32::MAX)), [10]);
 }
+
+#[test]
+fn released_handle_is_unknown_while_the_close_handshake_runs() {
+    let now = Instant::now();
+    let (mut host, id, _) = connected(now, 4096, |_| {});
+    host.close(now, id);
+    assert_eq!(host.stats().connections, 1, "still closing");
+    assert_eq!(host.send(id, b"x"), Err(StreamError::UnknownConnection));
+    assert_eq!(
+        host.recv(id, &mut [0; 4]),
+        Err(StreamError::UnknownConnection)
+    );
+    assert_eq!(host.accept(id), Err(StreamError::UnknownConnection));
+    assert_eq!(
+        host.shutdown(id, Shutdown::Read),
+        Err(StreamError::UnknownConnection)
+    );
+    assert_eq!(host.ports(id), None);
+    assert_eq!(host.connections().count(), 0);
+    assert_eq!(ops(&drain(&mut host, u32::MAX)), [Op::Shutdown]);
+}
