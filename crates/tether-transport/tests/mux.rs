@@ -222,7 +222,9 @@ async fn link_loss_ends_every_connection_with_a_clear_error() {
         let mut b = [0u8; 1];
         let err = c.read(&mut b).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted);
-        assert!(err.to_string().contains("end of stream"), "{err}");
+        // Reading sees end of stream, or a write sees the broken pipe first: either way
+        // the error must say the link closed.
+        assert!(err.to_string().contains("mux link closed"), "{err}");
     }
     let err = host.connect(5).await.unwrap_err();
     assert!(matches!(err, MuxError::LinkClosed(_)), "{err}");

@@ -3,8 +3,10 @@
 use tether_transport::mux::link::{Decoder, Frame, Hello, HELLO_LEN, VERSION};
 
 const HELLO_VECTOR: [u8; HELLO_LEN] = [
-    0x54, 0x45, 0x54, 0x48, 0x52, 0x4d, 0x55, 0x58, 0x01, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, //
-    0x00, 0x00, 0x00, 0x00, 0xef, 0xcd, 0xab, 0x89, 0x67, 0x45, 0x23, 0x01, 0x00, 0x00, 0x01, 0x00, //
+    0x54, 0x45, 0x54, 0x48, 0x52, 0x4d, 0x55, 0x58, 0x01, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00,
+    0x00, //
+    0x00, 0x00, 0x00, 0x00, 0xef, 0xcd, 0xab, 0x89, 0x67, 0x45, 0x23, 0x01, 0x00, 0x00, 0x01,
+    0x00, //
     0xa4, 0x18, 0x28, 0x81,
 ];
 
@@ -28,7 +30,11 @@ fn documented_bytes_decode_to_the_hello() {
     assert_eq!(Hello::decode(&HELLO_VECTOR), Some(vector_hello()));
     let mut acked = HELLO_VECTOR;
     acked[10] = 1;
-    assert_eq!(Hello::decode(&acked), None, "changing a byte without the CRC must fail");
+    assert_eq!(
+        Hello::decode(&acked),
+        None,
+        "changing a byte without the CRC must fail"
+    );
 }
 
 #[test]
@@ -53,7 +59,10 @@ fn a_packet_follows_the_hello_back_to_back() {
     let Ok(Some(Frame::Packet(hdr, payload))) = d.next_frame() else {
         panic!("expected a packet");
     };
-    assert_eq!((hdr.src_cid, hdr.dst_cid, hdr.src_port, hdr.dst_port), (3, 2, 1234, 1024));
+    assert_eq!(
+        (hdr.src_cid, hdr.dst_cid, hdr.src_port, hdr.dst_port),
+        (3, 2, 1234, 1024)
+    );
     assert_eq!((hdr.type_, hdr.op, hdr.buf_alloc), (1, 1, 262_144));
     assert!(payload.is_empty());
     assert_eq!(d.next_frame(), Ok(None));

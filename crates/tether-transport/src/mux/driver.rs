@@ -1,12 +1,20 @@
-//! The two tasks that move bytes between the link and the engine: one reads and feeds,
-//! one drains packets (and hellos) and writes them with vectored writes.
+//! Moving bytes between the link and the engine.
+//!
+//! Reading is one task: it decodes frames and feeds the engine. Writing is done by
+//! whichever task produced something to send, right away (as a socket write would be),
+//! through [`Shared::flush_link`]; the writer task only steps in when the link pushes
+//! back, when another task is mid-write, or when a timer is due. That saves a task
+//! hand-off per write, which is most of a small round trip's cost.
 
-use super::link::{Decoder, Frame, Hello, VERSION};
-use super::state::Shared;
+use super::link::{Decoder, Frame, Hello, HELLO_LEN, VERSION};
+use super::state::{Shared, State};
 use super::MuxError;
 use bytes::Bytes;
+use std::future::poll_fn;
 use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tether_vsock::HEADER_LEN;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -18,6 +26,93 @@ const BATCH_PACKETS: usize = 256;
 /// Longest pause between repeated hellos while the peer stays silent.
 const MAX_HELLO_INTERVAL: Duration = Duration::from_secs(2);
 
+/// The link's write half and the batch being written to it.
+pub(crate) struct Output {
+    wr: Pin<Box<dyn AsyncWrite + Send>>,
+    batch: Batch,
+    /// Bytes of `batch` already written.
+    offset: usize,
+}
+
+impl Output {
+    pub fn new(wr: impl AsyncWrite + Send + 'static) -> Self {
+        Output {
+            wr: Box::pin(wr),
+            batch: Batch::default(),
+            offset: 0,
+        }
+    }
+}
+
+/// Where a flush left the link.
+pub(crate) enum Flush {
+    /// Everything owed is written; wake again by the deadline if there is one.
+    Idle(Option<Instant>),
+    /// The link is full; the caller's waker is registered with it.
+    Blocked,
+    /// Another task is writing; it will finish or hand over to the writer task.
+    Busy,
+    /// The mux is closed.
+    Closed,
+}
+
+impl Shared {
+    /// Writes everything owed to the link from the calling task until done or the link
+    /// pushes back. Must be called without the state lock held (lock order: output, then
+    /// state).
+    pub fn flush_link(self: &Arc<Self>, cx: &mut Context<'_>, writer_task: bool) -> Flush {
+        let Ok(mut guard) = self.output.try_lock() else {
+            self.writer.notify_one();
+            return Flush::Busy;
+        };
+        let Some(out) = guard.as_mut() else {
+            return Flush::Closed;
+        };
+        loop {
+            if out.offset == out.batch.bytes {
+                out.batch.clear();
+                out.offset = 0;
+                match fill(self, &mut out.batch) {
+                    Err(()) => return Flush::Closed,
+                    Ok(deadline) if out.batch.is_empty() => return Flush::Idle(deadline),
+                    Ok(_) => {}
+                }
+            }
+            let mut storage = out.batch.slices();
+            let mut slices = &mut storage[..];
+            IoSlice::advance_slices(&mut slices, out.offset);
+            match out.wr.as_mut().poll_write_vectored(cx, slices) {
+                Poll::Ready(Ok(0)) => {
+                    return self.link_failed("writing the link failed: wrote zero bytes")
+                }
+                Poll::Ready(Ok(n)) => out.offset += n,
+                Poll::Ready(Err(e)) => {
+                    return self.link_failed(&format!("writing the link failed: {e}"))
+                }
+                Poll::Pending => {
+                    if !writer_task {
+                        // Our task may never poll this again: the writer task takes over
+                        // and registers itself with the link.
+                        self.writer.notify_one();
+                    }
+                    return Flush::Blocked;
+                }
+            }
+        }
+    }
+
+    /// Flushes from a context that has no task context of its own to offer.
+    pub fn kick(&self) {
+        self.writer.notify_one();
+    }
+
+    fn link_failed(&self, why: &str) -> Flush {
+        let mut st = self.lock();
+        self.terminate(&mut st, MuxError::LinkClosed(why.into()));
+        Flush::Closed
+    }
+}
+
 pub(crate) async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut rd: R) {
     let max_payload = shared.lock().cfg.max_payload;
     let mut dec = Decoder::new(max_payload);
@@ -27,6 +122,8 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut rd:
             Ok(0) => MuxError::LinkClosed("the link reached end of stream".into()),
             Ok(_) => {
                 feed(&shared, &mut dec);
+                // Answer (credit updates, RESPONSEs) from this task, without a hand-off.
+                poll_fn(|cx| Poll::Ready(shared.flush_link(cx, false))).await;
                 continue;
             }
             Err(e) => MuxError::LinkClosed(format!("reading the link failed: {e}")),
@@ -63,18 +160,58 @@ fn feed(shared: &Arc<Shared>, dec: &mut Decoder) {
     shared.dispatch(&mut st);
 }
 
+/// Writes when nobody else does: after the link pushed back, after a busy flush, for
+/// hellos and timers. Ends by closing the write half once the mux is closed.
+pub(crate) async fn write_loop(shared: Arc<Shared>) {
+    loop {
+        // Wait on the link and on notifications at once: a task that hit a full link
+        // took the link's waker slot and then notified us to take it back.
+        let state = tokio::select! {
+            s = poll_fn(|cx| match shared.flush_link(cx, true) {
+                Flush::Blocked => Poll::Pending,
+                other => Poll::Ready(other),
+            }) => s,
+            _ = shared.writer.notified() => continue,
+        };
+        let deadline = match state {
+            Flush::Closed => break,
+            Flush::Busy => None,
+            Flush::Idle(deadline) => deadline,
+            Flush::Blocked => unreachable!("blocked flushes stay pending"),
+        };
+        let sleep = async {
+            match deadline {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shared.writer.notified() => {}
+            _ = sleep => {}
+        }
+    }
+    let out = shared
+        .output
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(mut out) = out {
+        let _ = out.wr.shutdown().await;
+    }
+}
+
 /// One vectored write's worth of packets.
 #[derive(Default)]
 struct Batch {
     heads: Vec<[u8; HEADER_LEN]>,
     payloads: Vec<Bytes>,
-    hello: Option<[u8; super::link::HELLO_LEN]>,
+    hello: Option<[u8; HELLO_LEN]>,
     bytes: usize,
 }
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        self.hello.is_none() && self.heads.is_empty()
+        self.bytes == 0
     }
 
     fn clear(&mut self) {
@@ -99,71 +236,18 @@ impl Batch {
     }
 }
 
-pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut wr: W) {
-    let mut batch = Batch::default();
-    loop {
-        batch.clear();
-        let deadline = match fill(&shared, &mut batch) {
-            Ok(deadline) => deadline,
-            Err(()) => break,
-        };
-        if batch.is_empty() {
-            let sleep = async {
-                match deadline {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = shared.writer.notified() => {}
-                _ = sleep => {}
-            }
-            continue;
-        }
-        if let Err(e) = write_all_vectored(&mut wr, &batch).await {
-            let mut st = shared.lock();
-            shared.terminate(
-                &mut st,
-                MuxError::LinkClosed(format!("writing the link failed: {e}")),
-            );
-            break;
-        }
-    }
-    let _ = wr.shutdown().await;
-}
-
 /// Runs due timers and gathers what is owed to the link. Returns the next time the
 /// writer must wake by itself, or `Err` once the mux is closed.
 fn fill(shared: &Arc<Shared>, batch: &mut Batch) -> Result<Option<Instant>, ()> {
     let now = Instant::now();
-    let mut st = shared.lock();
+    let mut guard = shared.lock();
+    let st = &mut *guard;
     if st.closed.is_some() {
         return Err(());
     }
-    let st = &mut *st;
-    if st.engine.is_none() && st.next_hello.is_some_and(|t| t <= now) {
-        st.hello_due.get_or_insert(false);
-    }
-    if let Some(ack) = st.hello_due.take() {
-        let hello = Hello {
-            version: VERSION,
-            ack,
-            cid: st.cfg.cid,
-            nonce: st.our_nonce,
-            max_payload: st.cfg.max_payload,
-        };
-        batch.hello = Some(hello.encode());
-        if st.engine.is_none() {
-            st.next_hello = Some(now + st.hello_backoff);
-            st.hello_backoff = (st.hello_backoff * 2).min(MAX_HELLO_INTERVAL);
-        }
-    }
+    take_hello(st, now, batch);
     let Some(engine) = st.engine.as_mut() else {
-        if st.draining && batch.is_empty() {
-            shared.terminate(st, MuxError::LinkClosed("closed by this end".into()));
-            return Err(());
-        }
-        return Ok(st.next_hello);
+        return finish(shared, st, batch, st.next_hello);
     };
     if engine.poll_timeout().is_some_and(|t| t <= now) {
         engine.handle_timeout(now);
@@ -178,25 +262,42 @@ fn fill(shared: &Arc<Shared>, batch: &mut Batch) -> Result<Option<Instant>, ()> 
     }
     let deadline = engine.poll_timeout();
     shared.dispatch(st);
+    finish(shared, st, batch, deadline)
+}
+
+/// Puts an owed hello in the batch; while the peer is silent, repeats it with backoff.
+fn take_hello(st: &mut State, now: Instant, batch: &mut Batch) {
+    if st.engine.is_none() && st.next_hello.is_some_and(|t| t <= now) {
+        st.hello_due.get_or_insert(false);
+    }
+    let Some(ack) = st.hello_due.take() else {
+        return;
+    };
+    let hello = Hello {
+        version: VERSION,
+        ack,
+        cid: st.cfg.cid,
+        nonce: st.our_nonce,
+        max_payload: st.cfg.max_payload,
+    };
+    batch.hello = Some(hello.encode());
+    batch.bytes += HELLO_LEN;
+    if st.engine.is_none() {
+        st.next_hello = Some(now + st.hello_backoff);
+        st.hello_backoff = (st.hello_backoff * 2).min(MAX_HELLO_INTERVAL);
+    }
+}
+
+/// Closes a draining mux once nothing is left to write.
+fn finish(
+    shared: &Shared,
+    st: &mut State,
+    batch: &Batch,
+    deadline: Option<Instant>,
+) -> Result<Option<Instant>, ()> {
     if st.draining && batch.is_empty() {
         shared.terminate(st, MuxError::LinkClosed("closed by this end".into()));
         return Err(());
     }
     Ok(deadline)
-}
-
-async fn write_all_vectored<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    batch: &Batch,
-) -> std::io::Result<()> {
-    let mut storage = batch.slices();
-    let mut slices = &mut storage[..];
-    while !slices.is_empty() {
-        let n = wr.write_vectored(slices).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut slices, n);
-    }
-    Ok(())
 }

@@ -170,7 +170,7 @@ impl Drop for Keepalive {
         // The writer sends what is already queued (a last reply, a SHUTDOWN) and then
         // closes the link, so dropping everything right after a write loses nothing.
         self.0.lock().draining = true;
-        self.0.writer.notify_one();
+        self.0.kick();
     }
 }
 
@@ -191,12 +191,13 @@ impl Mux {
     {
         let shared = Shared::new(config);
         let (rd, wr) = tokio::io::split(io);
+        *shared.output.lock().unwrap_or_else(|e| e.into_inner()) = Some(driver::Output::new(wr));
         let reader = tokio::spawn(driver::read_loop(shared.clone(), rd));
         *shared
             .reader_abort
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(reader.abort_handle());
-        tokio::spawn(driver::write_loop(shared.clone(), wr));
+        tokio::spawn(driver::write_loop(shared.clone()));
         Mux {
             keepalive: Arc::new(Keepalive(shared.clone())),
             shared,
@@ -243,8 +244,8 @@ impl Mux {
             st.slots.insert(id, Slot::default());
             MuxStream::new(self.shared.clone(), session, id, local, port)
         };
-        self.shared.writer.notify_one();
         poll_fn(|cx| {
+            self.shared.flush_link(cx, false);
             let mut st = self.shared.lock();
             if st.session != stream.session() {
                 return Poll::Ready(Err(MuxError::LinkReset(st.last_reset.to_string())));
@@ -338,6 +339,6 @@ impl Drop for MuxListener {
                 engine.close(now, id);
             }
         }
-        self.shared.writer.notify_one();
+        self.shared.kick();
     }
 }

@@ -1,6 +1,7 @@
 //! State shared by the driver tasks and every stream of one mux: the engine of the
 //! current link session, wakers, listeners and the session lifecycle.
 
+use super::driver::Output;
 use super::link::{Hello, VERSION};
 use super::{LinkStatus, MuxConfig, MuxError, MuxStream};
 use std::collections::{HashMap, VecDeque};
@@ -84,6 +85,8 @@ pub(crate) struct State {
 
 pub(crate) struct Shared {
     state: Mutex<State>,
+    /// The link's write half; `None` once closed. Lock before `state`, never after.
+    pub output: Mutex<Option<Output>>,
     /// Wakes the writer task: packets or a hello may be due.
     pub writer: Notify,
     pub status: watch::Sender<LinkStatus>,
@@ -109,6 +112,7 @@ impl Shared {
         };
         Arc::new(Shared {
             state: Mutex::new(state),
+            output: Mutex::new(None),
             writer: Notify::new(),
             status: watch::Sender::new(LinkStatus::Handshaking),
             reader_abort: Mutex::new(None),
@@ -122,6 +126,8 @@ impl Shared {
     }
 
     /// Hands engine events to the streams, listeners and connectors waiting on them.
+    /// Packets the engine now owes are left for the caller to flush once it has let go of
+    /// the state lock.
     pub fn dispatch(self: &Arc<Self>, st: &mut State) {
         let now = Instant::now();
         while let Some(ev) = st.engine.as_mut().and_then(Engine::poll_event) {
@@ -150,9 +156,6 @@ impl Shared {
                     }
                 }
             }
-        }
-        if st.engine.as_ref().is_some_and(Engine::has_transmit) {
-            self.writer.notify_one();
         }
     }
 
@@ -188,7 +191,6 @@ impl Shared {
                     ..Slot::default()
                 },
             );
-            self.writer.notify_one();
             return Some(MuxStream::new(self.clone(), st.session, id, local, peer));
         }
         None

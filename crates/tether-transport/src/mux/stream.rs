@@ -71,8 +71,19 @@ impl MuxStream {
         self.peer_port
     }
 
-    /// Runs `op` on this connection's engine, then lets events and the writer move.
+    /// Runs `op` on this connection's engine, hands out events, then writes whatever
+    /// the engine now owes the link from this task.
     fn with_engine<T>(
+        &self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(&mut Engine, &mut State) -> Result<T, StreamError>,
+    ) -> Result<T, io::Error> {
+        let out = self.with_engine_locked(op);
+        self.shared.flush_link(cx, false);
+        out
+    }
+
+    fn with_engine_locked<T>(
         &self,
         op: impl FnOnce(&mut Engine, &mut State) -> Result<T, StreamError>,
     ) -> Result<T, io::Error> {
@@ -125,12 +136,13 @@ impl AsyncRead for MuxStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let id = self.id;
-        let res = self.with_engine(|engine, st| {
+        let waker = cx.waker().clone();
+        let res = self.with_engine(cx, |engine, st| {
             let n = engine.recv(id, buf.initialize_unfilled());
             if matches!(n, Err(StreamError::WouldBlock)) {
                 // Park under the same lock as the check, so a wake cannot slip between.
                 if let Some(slot) = st.slots.get_mut(&id) {
-                    slot.read = Some(cx.waker().clone());
+                    slot.read = Some(waker);
                 }
             }
             n
@@ -153,11 +165,12 @@ impl AsyncWrite for MuxStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let id = self.id;
-        let res = self.with_engine(|engine, st| {
+        let waker = cx.waker().clone();
+        let res = self.with_engine(cx, |engine, st| {
             let n = engine.send(id, data);
             if matches!(n, Err(StreamError::WouldBlock)) {
                 if let Some(slot) = st.slots.get_mut(&id) {
-                    slot.write = Some(cx.waker().clone());
+                    slot.write = Some(waker);
                 }
             }
             n
@@ -173,9 +186,9 @@ impl AsyncWrite for MuxStream {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let id = self.id;
-        let res = self.with_engine(|engine, _| match engine.shutdown(id, Shutdown::Write) {
+        let res = self.with_engine(cx, |engine, _| match engine.shutdown(id, Shutdown::Write) {
             Err(StreamError::Closed(CloseReason::Graceful)) => Ok(()),
             other => other,
         });
@@ -194,5 +207,7 @@ impl Drop for MuxStream {
             engine.close(Instant::now(), self.id);
         }
         self.shared.dispatch(&mut st);
+        drop(st);
+        self.shared.kick();
     }
 }
