@@ -62,7 +62,11 @@ impl Shared {
     /// state).
     pub fn flush_link(self: &Arc<Self>, cx: &mut Context<'_>, writer_task: bool) -> Flush {
         let Ok(mut guard) = self.output.try_lock() else {
-            self.writer.notify_one();
+            // The holder writes our packets too, or hands over to the writer task if the
+            // link pushes back; the writer task itself just waits for that.
+            if !writer_task {
+                self.writer.notify_one();
+            }
             return Flush::Busy;
         };
         let Some(out) = guard.as_mut() else {
@@ -117,8 +121,14 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut rd:
     let max_payload = shared.lock().cfg.max_payload;
     let mut dec = Decoder::new(max_payload);
     loop {
-        dec.buffer().reserve(128 * 1024);
-        let err = match rd.read_buf(dec.buffer()).await {
+        let read = match dec.direct_payload() {
+            Some(mut payload) => rd.read_buf(&mut payload).await,
+            None => {
+                dec.buffer().reserve(128 * 1024);
+                rd.read_buf(dec.buffer()).await
+            }
+        };
+        let err = match read {
             Ok(0) => MuxError::LinkClosed("the link reached end of stream".into()),
             Ok(_) => {
                 feed(&shared, &mut dec);
@@ -167,6 +177,7 @@ pub(crate) async fn write_loop(shared: Arc<Shared>) {
         // Wait on the link and on notifications at once: a task that hit a full link
         // took the link's waker slot and then notified us to take it back.
         let state = tokio::select! {
+            biased;
             s = poll_fn(|cx| match shared.flush_link(cx, true) {
                 Flush::Blocked => Poll::Pending,
                 other => Poll::Ready(other),
@@ -186,6 +197,7 @@ pub(crate) async fn write_loop(shared: Arc<Shared>) {
             }
         };
         tokio::select! {
+            biased;
             _ = shared.writer.notified() => {}
             _ = sleep => {}
         }

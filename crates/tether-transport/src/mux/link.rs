@@ -4,7 +4,8 @@
 //! skipping whatever a serial line held before the peer started; once synced it expects
 //! packets (a virtio-vsock header and its payload) or a fresh hello from a restarted peer.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::buf::Limit;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tether_vsock::{Header, HeaderError, HEADER_LEN};
 use thiserror::Error;
 
@@ -20,6 +21,10 @@ pub const HELLO_LEN: usize = 36;
 
 /// Hello flag: the sender has seen the receiver's hello (no reply needed).
 const FLAG_ACK: u16 = 1;
+
+/// Payloads at least this large that have not fully arrived are read from the link
+/// straight into a buffer of their own, saving a copy through the shared read buffer.
+const DIRECT_PAYLOAD: usize = 16 * 1024;
 
 /// Largest payload a peer may announce it accepts; larger values are clamped.
 pub const MAX_PAYLOAD_LIMIT: u32 = 1 << 20;
@@ -98,6 +103,8 @@ pub enum LinkError {
 #[derive(Debug)]
 pub struct Decoder {
     buf: BytesMut,
+    /// A large packet whose payload is being read directly into its own buffer.
+    partial: Option<(Header, BytesMut)>,
     synced: bool,
     max_payload: u32,
     skipped: u64,
@@ -109,6 +116,7 @@ impl Decoder {
     pub fn new(max_payload: u32) -> Self {
         Decoder {
             buf: BytesMut::with_capacity(256 * 1024),
+            partial: None,
             synced: false,
             max_payload,
             skipped: 0,
@@ -118,6 +126,14 @@ impl Decoder {
     /// The buffer to read link bytes into (append only).
     pub fn buffer(&mut self) -> &mut BytesMut {
         &mut self.buf
+    }
+
+    /// While a large payload is arriving, the place to read the rest of it into,
+    /// limited to exactly what is missing; `None` means read into [`Decoder::buffer`].
+    pub fn direct_payload(&mut self) -> Option<Limit<&mut BytesMut>> {
+        let (hdr, payload) = self.partial.as_mut()?;
+        let missing = hdr.len as usize - payload.len();
+        Some(payload.limit(missing))
     }
 
     /// Appends bytes read from the link.
@@ -134,12 +150,16 @@ impl Decoder {
     /// a torn-down link session.
     pub fn resync(&mut self) {
         self.synced = false;
+        self.partial = None;
     }
 
     /// The next complete frame, `Ok(None)` when more bytes are needed.
     ///
     /// An error leaves the decoder scanning for a hello, skipping the bad bytes.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, LinkError> {
+        if self.partial.is_some() {
+            return Ok(self.finish_partial());
+        }
         if !self.synced {
             return Ok(self.scan_hello().map(Frame::Hello));
         }
@@ -179,10 +199,16 @@ impl Decoder {
             }
             .into());
         }
-        let total = HEADER_LEN + hdr.len as usize;
+        let len = hdr.len as usize;
+        let total = HEADER_LEN + len;
         if self.buf.len() < total {
-            self.buf.reserve(total - self.buf.len());
-            return Ok(None);
+            if len < DIRECT_PAYLOAD {
+                self.buf.reserve(total - self.buf.len());
+                return Ok(None);
+            }
+            self.buf.advance(HEADER_LEN);
+            self.partial = Some((hdr, BytesMut::with_capacity(len)));
+            return Ok(self.finish_partial());
         }
         self.buf.advance(HEADER_LEN);
         // Copy rather than split: a small payload split off would pin the whole read
@@ -190,6 +216,20 @@ impl Decoder {
         let payload = Bytes::copy_from_slice(&self.buf[..hdr.len as usize]);
         self.buf.advance(hdr.len as usize);
         Ok(Some(Frame::Packet(hdr, payload)))
+    }
+
+    /// Moves buffered bytes into the partial payload; the packet once it is whole.
+    fn finish_partial(&mut self) -> Option<Frame> {
+        let (hdr, payload) = self.partial.as_mut().expect("called with a partial packet");
+        let missing = hdr.len as usize - payload.len();
+        let n = missing.min(self.buf.len());
+        payload.extend_from_slice(&self.buf[..n]);
+        self.buf.advance(n);
+        if payload.len() < hdr.len as usize {
+            return None;
+        }
+        let (hdr, payload) = self.partial.take().expect("checked above");
+        Some(Frame::Packet(hdr, payload.freeze()))
     }
 
     /// Skips to the next valid hello; keeps a possible partial one buffered.
@@ -286,6 +326,37 @@ mod tests {
         assert_eq!((hdr.len, payload.len()), (10, 10));
         assert_eq!(payload[9], 9);
         assert!(d.skipped() > 40, "garbage was skipped, not parsed");
+    }
+
+    #[test]
+    fn large_payload_arrives_through_the_direct_buffer() {
+        let mut d = Decoder::new(65536);
+        d.extend(&hello(false).encode());
+        assert!(matches!(d.next_frame(), Ok(Some(Frame::Hello(_)))));
+        let wire = packet(40_000);
+        let mut wire = &wire[..];
+        d.extend(&wire[..1000]);
+        wire = &wire[1000..];
+        assert_eq!(d.next_frame(), Ok(None));
+        // The rest comes in through the direct buffer, never more than is missing.
+        while let Some(mut target) = d.direct_payload() {
+            let n = target.remaining_mut().min(7000).min(wire.len());
+            target.put_slice(&wire[..n]);
+            wire = &wire[n..];
+            if let Some(frame) = d.next_frame().unwrap() {
+                let Frame::Packet(hdr, payload) = frame else {
+                    panic!("expected a packet")
+                };
+                assert_eq!(hdr.len, 40_000);
+                assert!(payload.iter().enumerate().all(|(i, &b)| b == i as u8));
+                break;
+            }
+        }
+        assert!(
+            wire.is_empty(),
+            "the direct buffer took exactly the payload"
+        );
+        assert!(d.direct_payload().is_none());
     }
 
     #[test]
