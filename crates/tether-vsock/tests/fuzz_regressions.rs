@@ -45,7 +45,8 @@ fn engine_regressions_stay_fixed() {
 
 #[test]
 fn header_regressions_stay_fixed() {
-    replay("header", fuzz_header::run);
+    let n = replay("header", fuzz_header::run);
+    assert!(n > 0, "no saved header inputs found");
 }
 
 /// Deterministic inputs of assorted lengths: keeps the interpreters honest (they must
