@@ -406,6 +406,36 @@ impl Engine {
         self.enqueue(id, data, wanted, false, false)
     }
 
+    /// Sends stream bytes at once, bypassing the send queue: when nothing is queued on
+    /// this connection and the peer has credit, returns the RW header for the first `n`
+    /// bytes of `len` (credit already taken). The caller must put that header and those
+    /// bytes on the wire next, ahead of any later [`Engine::poll_transmit`] packet.
+    /// `Ok(None)` means use [`Engine::send`] instead.
+    ///
+    /// This lets a driver write the application's buffer straight to the link, saving
+    /// the copy into the queue when the link is idle.
+    pub fn send_now(
+        &mut self,
+        id: ConnId,
+        len: usize,
+    ) -> Result<Option<(Header, usize)>, StreamError> {
+        self.send_room(id, SocketType::Stream)?;
+        let (max_payload, min_packet) = (self.config.max_payload, self.config.min_packet());
+        let conn = self.held_mut(id).ok_or(StreamError::UnknownConnection)?;
+        if len == 0 || conn.phase != Phase::Established || !conn.send.is_empty() {
+            return Ok(None);
+        }
+        let want = len.min(max_payload as usize) as u32;
+        let useful = min_packet.min(want).min(conn.tx.peer_buf_alloc / 4).max(1);
+        let credit = conn.tx.available();
+        if credit < useful {
+            return Ok(None);
+        }
+        let n = want.min(credit);
+        conn.tx.consume(n);
+        Ok(Some((self.header_for(id, Op::Rw, 0, n), n as usize)))
+    }
+
     /// Queues one seqpacket message, whole or not at all.
     pub fn send_message(&mut self, id: ConnId, data: Bytes, eor: bool) -> Result<(), StreamError> {
         let room = self.send_room(id, SocketType::SeqPacket)?;

@@ -23,6 +23,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 const BATCH_BYTES: usize = 512 * 1024;
 /// Packets gathered into one vectored write at most (two slices each, under IOV_MAX).
 const BATCH_PACKETS: usize = 256;
+/// Slices handed to one vectored write at most (Linux's IOV_MAX).
+const MAX_IOVECS: usize = 1024;
 /// Longest pause between repeated hellos while the peer stays silent.
 const MAX_HELLO_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -82,10 +84,8 @@ impl Shared {
                     Ok(_) => {}
                 }
             }
-            let mut storage = out.batch.slices();
-            let mut slices = &mut storage[..];
-            IoSlice::advance_slices(&mut slices, out.offset);
-            match out.wr.as_mut().poll_write_vectored(cx, slices) {
+            let slices = out.batch.slices_from(out.offset);
+            match out.wr.as_mut().poll_write_vectored(cx, &slices) {
                 Poll::Ready(Ok(0)) => {
                     return self.link_failed("writing the link failed: wrote zero bytes")
                 }
@@ -103,6 +103,60 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Writes `data` to the link as an RW of connection `id` straight from the caller's
+    /// buffer when the link is idle and the peer has credit; copies only what the link
+    /// does not take at once. `None` means the fast path does not apply: queue instead.
+    pub fn write_direct(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+        session: u64,
+        id: tether_vsock::ConnId,
+        data: &[u8],
+    ) -> Option<std::io::Result<usize>> {
+        let mut guard = self.output.try_lock().ok()?;
+        let out = guard.as_mut()?;
+        if out.offset != out.batch.bytes {
+            return None;
+        }
+        out.batch.clear();
+        out.offset = 0;
+        // Whatever else is owed goes first; it stays in the batch for the normal flush.
+        fill(self, &mut out.batch).ok()?;
+        if !out.batch.is_empty() {
+            return None;
+        }
+        let (hdr, n) = {
+            let mut st = self.lock();
+            if st.session != session {
+                return None;
+            }
+            st.engine.as_mut()?.send_now(id, data.len()).ok()??
+        };
+        let head = hdr.encode();
+        let slices = [IoSlice::new(&head), IoSlice::new(&data[..n])];
+        let written = match out.wr.as_mut().poll_write_vectored(cx, &slices) {
+            Poll::Ready(Ok(w)) => w,
+            Poll::Pending => 0,
+            Poll::Ready(Err(e)) => {
+                drop(guard);
+                self.link_failed(&format!("writing the link failed: {e}"));
+                return Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    e,
+                )));
+            }
+        };
+        if written < head.len() + n {
+            // The packet is committed: the rest goes out before anything else.
+            out.batch
+                .push_packet(head, Bytes::copy_from_slice(&data[..n]));
+            out.offset = written;
+            drop(guard);
+            self.flush_link(cx, false);
+        }
+        Some(Ok(n))
     }
 
     /// Flushes from a context that has no task context of its own to offer.
@@ -233,15 +287,32 @@ impl Batch {
         self.bytes = 0;
     }
 
-    fn slices(&self) -> Vec<IoSlice<'_>> {
-        let mut out = Vec::with_capacity(1 + 2 * self.heads.len());
-        if let Some(h) = &self.hello {
-            out.push(IoSlice::new(h));
-        }
-        for (h, p) in self.heads.iter().zip(&self.payloads) {
-            out.push(IoSlice::new(h));
-            if !p.is_empty() {
-                out.push(IoSlice::new(p));
+    fn push_packet(&mut self, head: [u8; HEADER_LEN], payload: Bytes) {
+        self.bytes += HEADER_LEN + payload.len();
+        self.heads.push(head);
+        self.payloads.push(payload);
+    }
+
+    /// The unwritten part of the batch, `offset` bytes in, as at most `MAX_IOVECS`
+    /// slices. Whole written packets are skipped by arithmetic, so a link taking a big
+    /// batch in many small writes costs no quadratic slice building.
+    fn slices_from(&self, mut offset: usize) -> Vec<IoSlice<'_>> {
+        let hello = self.hello.as_ref().map(|h| &h[..]);
+        let packets = self
+            .heads
+            .iter()
+            .zip(&self.payloads)
+            .flat_map(|(h, p)| [&h[..], &p[..]]);
+        let mut out = Vec::with_capacity(MAX_IOVECS.min(1 + 2 * self.heads.len()));
+        for part in hello.into_iter().chain(packets) {
+            if offset >= part.len() {
+                offset -= part.len();
+                continue;
+            }
+            out.push(IoSlice::new(&part[offset..]));
+            offset = 0;
+            if out.len() == MAX_IOVECS {
+                break;
             }
         }
         out
@@ -268,9 +339,7 @@ fn fill(shared: &Arc<Shared>, batch: &mut Batch) -> Result<Option<Instant>, ()> 
         let Some(t) = engine.poll_transmit(u32::MAX) else {
             break;
         };
-        batch.bytes += HEADER_LEN + t.payload.len();
-        batch.heads.push(t.header.encode());
-        batch.payloads.push(t.payload);
+        batch.push_packet(t.header.encode(), t.payload);
     }
     let deadline = engine.poll_timeout();
     shared.dispatch(st);
@@ -312,4 +381,32 @@ fn finish(
         return Err(());
     }
     Ok(deadline)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flat(slices: &[IoSlice<'_>]) -> Vec<u8> {
+        slices.iter().flat_map(|s| s.iter().copied()).collect()
+    }
+
+    #[test]
+    fn slices_resume_mid_packet_and_skip_empty_payloads() {
+        let mut b = Batch::default();
+        b.hello = Some([7; HELLO_LEN]);
+        b.bytes += HELLO_LEN;
+        b.push_packet([1; HEADER_LEN], Bytes::new());
+        b.push_packet([2; HEADER_LEN], Bytes::from_static(b"payload"));
+        let all = flat(&b.slices_from(0));
+        assert_eq!(all.len(), b.bytes);
+        assert_eq!(b.slices_from(0).len(), 4, "no slice for the empty payload");
+        for offset in [1, HELLO_LEN, HELLO_LEN + 3, b.bytes - 2, b.bytes] {
+            assert_eq!(
+                flat(&b.slices_from(offset)),
+                all[offset..],
+                "offset {offset}"
+            );
+        }
+    }
 }

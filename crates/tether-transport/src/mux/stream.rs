@@ -165,6 +165,9 @@ impl AsyncWrite for MuxStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let id = self.id;
+        if let Some(res) = self.shared.write_direct(cx, self.session, id, data) {
+            return Poll::Ready(res);
+        }
         let waker = cx.waker().clone();
         let res = self.with_engine(cx, |engine, st| {
             let n = engine.send(id, data);
