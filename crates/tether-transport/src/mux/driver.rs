@@ -393,9 +393,11 @@ mod tests {
 
     #[test]
     fn slices_resume_mid_packet_and_skip_empty_payloads() {
-        let mut b = Batch::default();
-        b.hello = Some([7; HELLO_LEN]);
-        b.bytes += HELLO_LEN;
+        let mut b = Batch {
+            hello: Some([7; HELLO_LEN]),
+            bytes: HELLO_LEN,
+            ..Batch::default()
+        };
         b.push_packet([1; HEADER_LEN], Bytes::new());
         b.push_packet([2; HEADER_LEN], Bytes::from_static(b"payload"));
         let all = flat(&b.slices_from(0));
