@@ -1,0 +1,448 @@
+//! Throughput and latency of tether's mux next to a raw Unix socketpair and yamux.
+//!
+//! Run with `cargo bench -p tether-transport --bench mux`; `TETHER_BENCH_QUICK=1` shrinks
+//! every transfer and round-trip count 16x for a smoke run. Everything runs on a tokio
+//! multi-thread runtime with 2 workers, over `UnixStream::pair()`:
+//!
+//! - throughput: one direction, 1 connection or 100 concurrent ones (100 socketpairs for
+//!   raw, one link carrying 100 streams for tether and yamux), 4 KiB or 64 KiB writes, the
+//!   receiver reading with a 64 KiB buffer; each connection's received byte count is checked;
+//!   each cell is the median of 5 runs of 1 GiB;
+//! - latency: a 1-byte ping-pong on one connection, p50 and p99.
+//!
+//! yamux runs with its `Config` defaults except for the receive window: its streams start
+//! at 256 KiB (`yamux::DEFAULT_CREDIT`) and auto-tune upwards; the connection window is set
+//! to `max_num_streams * 256 KiB` so each stream stays at 256 KiB, as tether's `buf_alloc`.
+//!
+//! Markdown tables go to stdout, progress to stderr.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+use tether_transport::mux::{Mux, MuxConfig, MuxStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+
+const KIB: usize = 1024;
+const MIB: f64 = (1024 * 1024) as f64;
+/// Bytes moved per throughput run (split evenly over its connections).
+const CELL_BYTES: u64 = 1 << 30;
+/// Runs per throughput cell; the table shows their median.
+const REPEATS: usize = 5;
+/// Ping-pong round trips measured, after the warm-up ones.
+const ROUNDS: usize = 20_000;
+const WARMUP_ROUNDS: usize = 2_000;
+/// Divisor of the sizes above under `TETHER_BENCH_QUICK=1`.
+const QUICK_DIVISOR: usize = 16;
+/// The receiver's read buffer.
+const READ_BUF: usize = 64 * KIB;
+const PORT: u32 = 5000;
+/// Streams per yamux connection (yamux's default), to size its connection window.
+const YAMUX_MAX_STREAMS: usize = 512;
+
+/// A byte stream the drivers below can use.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Raw,
+    Tether,
+    Yamux,
+}
+
+const TRANSPORTS: [Transport; 3] = [Transport::Raw, Transport::Tether, Transport::Yamux];
+
+/// Sizes of one run.
+#[derive(Clone, Copy)]
+struct Plan {
+    cell_bytes: u64,
+    rounds: usize,
+    warmup: usize,
+}
+
+impl Plan {
+    fn from_env() -> Plan {
+        let quick = std::env::var("TETHER_BENCH_QUICK").is_ok_and(|v| v == "1");
+        let div = if quick { QUICK_DIVISOR } else { 1 };
+        Plan {
+            cell_bytes: CELL_BYTES / div as u64,
+            rounds: ROUNDS / div,
+            warmup: WARMUP_ROUNDS / div,
+        }
+    }
+}
+
+fn main() {
+    let plan = Plan::from_env();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    // Spawned, so that the bench itself runs on the two workers and not on this thread.
+    rt.block_on(async move { tokio::spawn(run(plan)).await })
+        .expect("benchmark task panicked");
+}
+
+async fn run(plan: Plan) {
+    let mut rows = Vec::new();
+    for conns in [1, 100] {
+        for write_size in [4 * KIB, 64 * KIB] {
+            let mut mib_s = [0.0; 3];
+            for (i, t) in TRANSPORTS.into_iter().enumerate() {
+                mib_s[i] = median_throughput(t, conns, write_size, plan.cell_bytes).await;
+            }
+            rows.push((conns, write_size, mib_s));
+        }
+    }
+    let mut latencies = Vec::new();
+    for t in TRANSPORTS {
+        let lat = latency(t, plan).await;
+        eprintln!(
+            "latency {t:?}: p50 {:.1} µs, p99 {:.1} µs",
+            lat.p50, lat.p99
+        );
+        latencies.push((t, lat));
+    }
+    print_throughput(plan, &rows);
+    print_latency(plan, &latencies);
+}
+
+// ---- connection setup, one per transport ---------------------------------------------
+
+/// `n` raw socketpairs.
+fn raw_pairs(n: usize) -> Vec<(UnixStream, UnixStream)> {
+    (0..n)
+        .map(|_| UnixStream::pair().expect("socketpair"))
+        .collect()
+}
+
+/// `n` tether connections over one mux link: (host end, guest end).
+async fn tether_pairs(n: usize) -> Vec<(MuxStream, MuxStream)> {
+    let (a, b) = UnixStream::pair().expect("socketpair");
+    let host = Mux::new(a, MuxConfig::host());
+    let guest = Mux::new(b, MuxConfig::guest(3));
+    let mut listener = guest.listen(PORT).expect("listen");
+    let mut pairs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let tx = host.connect(PORT).await.expect("tether connect");
+        let rx = listener.accept().await.expect("tether accept");
+        pairs.push((tx, rx));
+    }
+    // The streams keep the link alive; the handles can go.
+    pairs
+}
+
+type YamuxStream = Compat<yamux::Stream>;
+
+/// `n` yamux streams over one link: (client end, server end). The driver tasks stop
+/// when the returned guard drops.
+async fn yamux_pairs(n: usize) -> (Vec<(YamuxStream, YamuxStream)>, AbortOnDrop) {
+    let (a, b) = UnixStream::pair().expect("socketpair");
+    let (client, client_task) = YamuxLink::spawn(a, yamux::Mode::Client);
+    let (mut server, server_task) = YamuxLink::spawn(b, yamux::Mode::Server);
+    let mut pairs = Vec::with_capacity(n);
+    for _ in 0..n {
+        // A yamux stream reaches the peer with its first frame: send one byte to pair up.
+        let mut tx = client.open().await.compat();
+        tx.write_all(&[1]).await.expect("yamux hello write");
+        tx.flush().await.expect("yamux hello flush");
+        let mut rx = server.accept().await.compat();
+        rx.read_exact(&mut [0]).await.expect("yamux hello read");
+        pairs.push((tx, rx));
+    }
+    (pairs, AbortOnDrop(vec![client_task, server_task]))
+}
+
+fn yamux_config() -> yamux::Config {
+    let mut cfg = yamux::Config::default();
+    cfg.set_max_num_streams(YAMUX_MAX_STREAMS);
+    // Every stream gets exactly its guaranteed 256 KiB, leaving nothing to grow into.
+    cfg.set_max_connection_receive_window(Some(YAMUX_MAX_STREAMS * yamux::DEFAULT_CREDIT as usize));
+    cfg
+}
+
+/// Aborts tasks when dropped.
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Handle to a task that owns a `yamux::Connection`, polls it, opens outbound streams on
+/// request and forwards inbound ones.
+struct YamuxLink {
+    open: mpsc::UnboundedSender<oneshot::Sender<yamux::Stream>>,
+    inbound: mpsc::UnboundedReceiver<yamux::Stream>,
+}
+
+impl YamuxLink {
+    fn spawn(io: UnixStream, mode: yamux::Mode) -> (YamuxLink, JoinHandle<()>) {
+        let conn = yamux::Connection::new(io.compat(), yamux_config(), mode);
+        let (open, requests) = mpsc::unbounded_channel();
+        let (inbound_tx, inbound) = mpsc::unbounded_channel();
+        let task = tokio::spawn(drive_yamux(conn, requests, inbound_tx));
+        (YamuxLink { open, inbound }, task)
+    }
+
+    async fn open(&self) -> yamux::Stream {
+        let (tx, rx) = oneshot::channel();
+        self.open.send(tx).expect("yamux driver gone");
+        rx.await.expect("yamux driver dropped an open request")
+    }
+
+    async fn accept(&mut self) -> yamux::Stream {
+        self.inbound.recv().await.expect("yamux driver gone")
+    }
+}
+
+async fn drive_yamux(
+    mut conn: yamux::Connection<Compat<UnixStream>>,
+    mut requests: mpsc::UnboundedReceiver<oneshot::Sender<yamux::Stream>>,
+    inbound: mpsc::UnboundedSender<yamux::Stream>,
+) {
+    let mut waiting = VecDeque::new();
+    let mut requests_open = true;
+    poll_fn(|cx| {
+        while requests_open {
+            match requests.poll_recv(cx) {
+                Poll::Ready(Some(reply)) => waiting.push_back(reply),
+                Poll::Ready(None) => requests_open = false,
+                Poll::Pending => break,
+            }
+        }
+        while !waiting.is_empty() {
+            match conn.poll_new_outbound(cx) {
+                Poll::Ready(Ok(stream)) => {
+                    let reply = waiting.pop_front().expect("checked non-empty");
+                    let _ = reply.send(stream);
+                }
+                Poll::Ready(Err(e)) => panic!("yamux: opening a stream failed: {e}"),
+                Poll::Pending => break,
+            }
+        }
+        // Drives the link's I/O as well.
+        loop {
+            match conn.poll_next_inbound(cx) {
+                Poll::Ready(Some(Ok(stream))) => {
+                    let _ = inbound.send(stream);
+                }
+                // The link ended (the peer's driver was aborted): nothing left to do.
+                Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await
+}
+
+// ---- throughput ----------------------------------------------------------------------
+
+/// The median MiB/s of [`REPEATS`] runs of [`throughput`].
+async fn median_throughput(t: Transport, conns: usize, write_size: usize, cell_bytes: u64) -> f64 {
+    let mut runs = Vec::with_capacity(REPEATS);
+    for _ in 0..REPEATS {
+        runs.push(throughput(t, conns, write_size, cell_bytes).await);
+    }
+    runs.sort_by(f64::total_cmp);
+    let runs_text: Vec<String> = runs.iter().map(|r| format!("{r:.0}")).collect();
+    eprintln!(
+        "{conns} conn, {} KiB writes, {t:?}: {} MiB/s",
+        write_size / KIB,
+        runs_text.join(" / ")
+    );
+    runs[runs.len() / 2]
+}
+
+/// MiB/s of `cell_bytes` sent over `conns` connections of `t` in `write_size` writes.
+async fn throughput(t: Transport, conns: usize, write_size: usize, cell_bytes: u64) -> f64 {
+    let per_conn = cell_bytes / conns as u64;
+    let elapsed = match t {
+        Transport::Raw => transfer(raw_pairs(conns), write_size, per_conn).await,
+        Transport::Tether => transfer(tether_pairs(conns).await, write_size, per_conn).await,
+        Transport::Yamux => {
+            let (pairs, _drivers) = yamux_pairs(conns).await;
+            transfer(pairs, write_size, per_conn).await
+        }
+    };
+    (per_conn * conns as u64) as f64 / MIB / elapsed.as_secs_f64()
+}
+
+/// Sends `per_conn` bytes one way on every pair at once; returns the time until every
+/// receiver has read them all and seen EOF. Panics on a short or long count.
+async fn transfer<S: Stream>(pairs: Vec<(S, S)>, write_size: usize, per_conn: u64) -> Duration {
+    let start = Instant::now();
+    let mut senders = Vec::with_capacity(pairs.len());
+    let mut receivers = Vec::with_capacity(pairs.len());
+    for (tx, rx) in pairs {
+        senders.push(tokio::spawn(send(tx, write_size, per_conn)));
+        receivers.push(tokio::spawn(receive(rx)));
+    }
+    let mut finished = Vec::with_capacity(receivers.len());
+    for (i, r) in receivers.into_iter().enumerate() {
+        let (got, rx) = r.await.expect("receiver panicked");
+        assert_eq!(
+            got, per_conn,
+            "connection {i}: received {got} of {per_conn} bytes"
+        );
+        finished.push(rx);
+    }
+    let elapsed = start.elapsed();
+    for s in senders {
+        // Each sender's stream lives until its receiver is done, then both close.
+        drop(s.await.expect("sender panicked"));
+    }
+    elapsed
+}
+
+/// Writes `total` bytes in `write_size` chunks, then half-closes. Returns the stream so
+/// that dropping it cannot race the bytes still in flight.
+async fn send<S: Stream>(mut s: S, write_size: usize, total: u64) -> S {
+    let chunk = vec![0xa5u8; write_size];
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(write_size as u64) as usize;
+        s.write_all(&chunk[..n]).await.expect("write");
+        left -= n as u64;
+    }
+    s.shutdown().await.expect("shutdown");
+    s
+}
+
+/// Reads to EOF with a 64 KiB buffer; returns the byte count and the stream.
+async fn receive<S: Stream>(mut s: S) -> (u64, S) {
+    let mut buf = vec![0u8; READ_BUF];
+    let mut total = 0u64;
+    loop {
+        match s.read(&mut buf).await.expect("read") {
+            0 => return (total, s),
+            n => total += n as u64,
+        }
+    }
+}
+
+// ---- latency -------------------------------------------------------------------------
+
+/// Round-trip percentiles in microseconds.
+struct Latency {
+    p50: f64,
+    p99: f64,
+}
+
+async fn latency(t: Transport, plan: Plan) -> Latency {
+    let samples = match t {
+        Transport::Raw => {
+            let (a, b) = raw_pairs(1).pop().expect("one pair");
+            ping_pong(a, b, plan).await
+        }
+        Transport::Tether => {
+            let (a, b) = tether_pairs(1).await.pop().expect("one pair");
+            ping_pong(a, b, plan).await
+        }
+        Transport::Yamux => {
+            let (mut pairs, _drivers) = yamux_pairs(1).await;
+            let (a, b) = pairs.pop().expect("one pair");
+            ping_pong(a, b, plan).await
+        }
+    };
+    percentiles(samples)
+}
+
+/// Sends one byte from `a`, echoed back by `b`, `warmup + rounds` times; returns the
+/// round-trip time of the last `rounds`.
+async fn ping_pong<S: Stream>(mut a: S, b: S, plan: Plan) -> Vec<Duration> {
+    let echo = tokio::spawn(echo(b));
+    let mut samples = Vec::with_capacity(plan.rounds);
+    for i in 0..plan.warmup + plan.rounds {
+        let ping = [i as u8];
+        let mut pong = [0u8];
+        let start = Instant::now();
+        a.write_all(&ping).await.expect("ping write");
+        a.flush().await.expect("ping flush");
+        a.read_exact(&mut pong).await.expect("pong read");
+        let rtt = start.elapsed();
+        assert_eq!(pong, ping, "round trip {i}: echo returned another byte");
+        if i >= plan.warmup {
+            samples.push(rtt);
+        }
+    }
+    a.shutdown().await.expect("shutdown");
+    drop(echo.await.expect("echo task panicked"));
+    samples
+}
+
+/// Echoes every byte until EOF; returns the stream.
+async fn echo<S: Stream>(mut s: S) -> S {
+    let mut byte = [0u8];
+    while s.read(&mut byte).await.expect("echo read") == 1 {
+        s.write_all(&byte).await.expect("echo write");
+        s.flush().await.expect("echo flush");
+    }
+    s
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> Latency {
+    samples.sort_unstable();
+    let at = |q: usize| {
+        let i = (samples.len() * q / 100).min(samples.len() - 1);
+        samples[i].as_secs_f64() * 1e6
+    };
+    Latency {
+        p50: at(50),
+        p99: at(99),
+    }
+}
+
+// ---- report --------------------------------------------------------------------------
+
+fn print_throughput(plan: Plan, rows: &[(usize, usize, [f64; 3])]) {
+    println!(
+        "Throughput, one direction over a Unix socketpair, tokio with 2 workers: median of \
+         {REPEATS} runs of {} MiB each (split over the connections), 64 KiB reads.\n",
+        plan.cell_bytes >> 20
+    );
+    println!("| case | raw MiB/s | tether MiB/s | yamux MiB/s | tether/raw | tether/yamux |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for &(conns, write_size, [raw, tether, yamux]) in rows {
+        let plural = if conns == 1 { "" } else { "s" };
+        println!(
+            "| {conns} conn{plural}, {} KiB writes | {raw:.0} | {tether:.0} | {yamux:.0} | {:.2} | {:.2} |",
+            write_size / KIB,
+            tether / raw,
+            tether / yamux,
+        );
+    }
+    println!();
+}
+
+fn print_latency(plan: Plan, rows: &[(Transport, Latency)]) {
+    println!(
+        "Round trip of a 1-byte ping-pong on one connection, {} round trips after {} warm-up.\n",
+        plan.rounds, plan.warmup
+    );
+    let raw_p50 = rows
+        .iter()
+        .find(|(t, _)| matches!(t, Transport::Raw))
+        .map(|(_, l)| l.p50)
+        .expect("raw measured");
+    println!("| transport | p50 µs | p99 µs | p50 over raw µs |");
+    println!("|---|---:|---:|---:|");
+    for (t, lat) in rows {
+        let name = format!("{t:?}").to_lowercase();
+        println!(
+            "| {name} | {:.1} | {:.1} | {:+.1} |",
+            lat.p50,
+            lat.p99,
+            lat.p50 - raw_p50
+        );
+    }
+}
