@@ -436,14 +436,20 @@ impl Engine {
         Ok(Some((self.header_for(id, Op::Rw, 0, n), n as usize)))
     }
 
-    /// Queues one seqpacket message, whole or not at all.
+    /// Queues one seqpacket message, whole or not at all. Before the peer accepts, this
+    /// is [`StreamError::WouldBlock`] (the peer's buffer size, which bounds a message, is
+    /// not known yet) and [`Event::Writable`] follows [`Event::Connected`].
     pub fn send_message(&mut self, id: ConnId, data: Bytes, eor: bool) -> Result<(), StreamError> {
         let room = self.send_room(id, SocketType::SeqPacket)?;
-        let conn = self.held(id).ok_or(StreamError::UnknownConnection)?;
-        let mut max = self.config.send_buf as usize;
-        if conn.phase == Phase::Established {
-            max = max.min(conn.tx.peer_buf_alloc as usize);
+        let send_buf = self.config.send_buf as usize;
+        let conn = self.held_mut(id).ok_or(StreamError::UnknownConnection)?;
+        if conn.phase != Phase::Established {
+            // Until RESPONSE tells the peer's buffer size, a message might never fit it and
+            // would stall the connection unseen; wait for Writable, sent on connect.
+            conn.write_blocked = true;
+            return Err(StreamError::WouldBlock);
         }
+        let max = send_buf.min(conn.tx.peer_buf_alloc as usize);
         if data.len() > max {
             return Err(StreamError::MessageTooLarge {
                 len: data.len(),
@@ -761,8 +767,12 @@ impl Engine {
         }
         conn.phase = Phase::Established;
         conn.owed &= !owed::REQUEST;
+        let blocked = std::mem::take(&mut conn.write_blocked);
         self.set_deadline(id, None);
         self.events.push_back(Event::Connected(id));
+        if blocked {
+            self.events.push_back(Event::Writable(id));
+        }
     }
 
     fn on_rst(&mut self, id: ConnId) {

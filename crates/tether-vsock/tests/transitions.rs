@@ -1651,3 +1651,32 @@ fn released_handle_is_unknown_while_the_close_handshake_runs() {
     assert_eq!(host.connections().count(), 0);
     assert_eq!(ops(&drain(&mut host, u32::MAX)), [Op::Shutdown]);
 }
+
+#[test]
+fn seqpacket_message_waits_for_the_peer_buffer_size() {
+    let now = std::time::Instant::now();
+    let mut host = Engine::new(Config::new(2, 3));
+    let mut guest = Engine::new(Config::new(3, 2));
+    guest.listen(9, SocketType::SeqPacket);
+    let id = host.connect(now, 9, SocketType::SeqPacket).unwrap();
+    assert_eq!(
+        host.send_message(id, bytes::Bytes::from_static(b"early"), false),
+        Err(StreamError::WouldBlock),
+        "the peer's buffer size is unknown before RESPONSE"
+    );
+    let request = host.poll_transmit(u32::MAX).unwrap();
+    guest
+        .handle_packet(now, &request.header, request.payload)
+        .unwrap();
+    let Some(Event::Incoming { id: gid, .. }) = guest.poll_event() else {
+        panic!("expected Incoming");
+    };
+    guest.accept(gid).unwrap();
+    let response = guest.poll_transmit(u32::MAX).unwrap();
+    host.handle_packet(now, &response.header, response.payload)
+        .unwrap();
+    assert_eq!(host.poll_event(), Some(Event::Connected(id)));
+    assert_eq!(host.poll_event(), Some(Event::Writable(id)));
+    host.send_message(id, bytes::Bytes::from_static(b"now"), true)
+        .unwrap();
+}
