@@ -234,11 +234,8 @@ impl Mux {
         let stream = {
             let mut st = self.shared.lock();
             let session = st.session;
-            let last_reset = st.last_reset.clone();
-            let engine = st
-                .engine
-                .as_mut()
-                .ok_or_else(|| MuxError::LinkReset(last_reset.to_string()))?;
+            let ended = st.session_error();
+            let engine = st.engine.as_mut().ok_or(ended)?;
             let id = engine.connect(Instant::now(), port, SocketType::Stream)?;
             let (local, _) = engine.ports(id).expect("just created");
             st.slots.insert(id, Slot::default());
@@ -248,7 +245,7 @@ impl Mux {
             self.shared.flush_link(cx, false);
             let mut st = self.shared.lock();
             if st.session != stream.session() {
-                return Poll::Ready(Err(MuxError::LinkReset(st.last_reset.to_string())));
+                return Poll::Ready(Err(st.session_error()));
             }
             let slot = st
                 .slots

@@ -93,6 +93,16 @@ pub(crate) struct Shared {
     pub reader_abort: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
+impl State {
+    /// Why a connection of an ended session is gone: the link closed for good, or the
+    /// session was reset.
+    pub fn session_error(&self) -> MuxError {
+        self.closed
+            .clone()
+            .unwrap_or_else(|| MuxError::LinkReset(self.last_reset.to_string()))
+    }
+}
+
 impl Shared {
     pub fn new(cfg: MuxConfig) -> Arc<Shared> {
         let state = State {

@@ -92,7 +92,7 @@ impl MuxStream {
         if st.session != self.session {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
-                format!("mux link reset: {}", st.last_reset),
+                st.session_error(),
             ));
         }
         let Some(mut engine) = st.engine.take() else {
@@ -104,11 +104,11 @@ impl MuxStream {
         let out = op(&mut engine, st);
         st.engine = Some(engine);
         self.shared.dispatch(st);
-        out.map_err(|e| to_io(e, &st.last_reset))
+        out.map_err(|e| to_io(e, st))
     }
 }
 
-fn to_io(e: StreamError, last_reset: &str) -> io::Error {
+fn to_io(e: StreamError, st: &State) -> io::Error {
     use io::ErrorKind as K;
     let kind = match e {
         StreamError::WouldBlock => K::WouldBlock,
@@ -118,10 +118,7 @@ fn to_io(e: StreamError, last_reset: &str) -> io::Error {
         StreamError::Closed(CloseReason::Refused) => K::ConnectionRefused,
         StreamError::Closed(CloseReason::TimedOut) => K::TimedOut,
         StreamError::Closed(CloseReason::EngineReset) => {
-            return io::Error::new(
-                K::ConnectionAborted,
-                format!("mux link reset: {last_reset}"),
-            )
+            return io::Error::new(K::ConnectionAborted, st.session_error())
         }
         StreamError::Closed(_) => K::ConnectionAborted,
         StreamError::MessageTooLarge { .. } | StreamError::WrongType(_) => K::InvalidInput,
