@@ -125,8 +125,9 @@ fn raw_pairs(n: usize) -> Vec<(UnixStream, UnixStream)> {
 /// `n` tether connections over one mux link: (host end, guest end).
 async fn tether_pairs(n: usize) -> Vec<(MuxStream, MuxStream)> {
     let (a, b) = UnixStream::pair().expect("socketpair");
-    let host = Mux::new(a, MuxConfig::host());
-    let guest = Mux::new(b, MuxConfig::guest(3));
+    let ((ar, aw), (br, bw)) = (a.into_split(), b.into_split());
+    let host = Mux::from_halves(ar, aw, MuxConfig::host());
+    let guest = Mux::from_halves(br, bw, MuxConfig::guest(3));
     let mut listener = guest.listen(PORT).expect("listen");
     let mut pairs = Vec::with_capacity(n);
     for _ in 0..n {

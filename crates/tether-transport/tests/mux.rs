@@ -7,11 +7,13 @@ use tether_vsock::CloseReason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+/// Two ends over a socketpair, each on its socket's owned halves.
 fn pair() -> (Mux, Mux) {
     let (a, b) = UnixStream::pair().unwrap();
+    let ((ar, aw), (br, bw)) = (a.into_split(), b.into_split());
     (
-        Mux::new(a, MuxConfig::host()),
-        Mux::new(b, MuxConfig::guest(3)),
+        Mux::from_halves(ar, aw, MuxConfig::host()),
+        Mux::from_halves(br, bw, MuxConfig::guest(3)),
     )
 }
 

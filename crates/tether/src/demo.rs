@@ -80,9 +80,10 @@ fn link(kind: Link) -> Result<(Mux, Mux)> {
     Ok(match kind {
         Link::Socketpair => {
             let (a, b) = tokio::net::UnixStream::pair()?;
+            let (a, b) = (a.into_split(), b.into_split());
             (
-                Mux::new(a, MuxConfig::host()),
-                Mux::new(b, MuxConfig::guest(3)),
+                Mux::from_halves(a.0, a.1, MuxConfig::host()),
+                Mux::from_halves(b.0, b.1, MuxConfig::guest(3)),
             )
         }
         Link::Pty => {

@@ -185,12 +185,35 @@ pub struct Mux {
 impl Mux {
     /// Starts a mux over `io` on the current tokio runtime. The handshake runs in the
     /// background; connects wait for it.
+    ///
+    /// Reading and writing share `io` through a lock; for a socket, prefer
+    /// [`Mux::from_halves`] with its owned halves, so the two directions never wait on
+    /// each other.
     pub fn new<T>(io: T, config: MuxConfig) -> Mux
     where
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let shared = Shared::new(config);
         let (rd, wr) = tokio::io::split(io);
+        Mux::from_halves(rd, wr, config)
+    }
+
+    /// Starts a mux over separate read and write halves, such as those of
+    /// `UnixStream::into_split` or `TcpStream::into_split`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> std::io::Result<()> {
+    /// use tether_transport::mux::{Mux, MuxConfig};
+    /// let sock = tokio::net::UnixStream::connect("/run/vm/serial.sock").await?;
+    /// let (rd, wr) = sock.into_split();
+    /// let host = Mux::from_halves(rd, wr, MuxConfig::host());
+    /// # Ok(()) }
+    /// ```
+    pub fn from_halves<R, W>(rd: R, wr: W, config: MuxConfig) -> Mux
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Send + 'static,
+    {
+        let shared = Shared::new(config);
         *shared.output.lock().unwrap_or_else(|e| e.into_inner()) = Some(driver::Output::new(wr));
         let reader = tokio::spawn(driver::read_loop(shared.clone(), rd));
         *shared
