@@ -78,33 +78,33 @@ impl MuxStream {
         cx: &mut Context<'_>,
         op: impl FnOnce(&mut Engine, &mut State) -> Result<T, StreamError>,
     ) -> Result<T, io::Error> {
-        let out = self.with_engine_locked(op);
-        self.shared.flush_link(cx, false);
+        let (out, owes) = self.with_engine_locked(op);
+        if owes {
+            self.shared.flush_link(cx, false);
+        }
         out
     }
 
+    /// The result, and whether the engine now owes the link a packet.
     fn with_engine_locked<T>(
         &self,
         op: impl FnOnce(&mut Engine, &mut State) -> Result<T, StreamError>,
-    ) -> Result<T, io::Error> {
+    ) -> (Result<T, io::Error>, bool) {
         let mut guard = self.shared.lock();
         let st = &mut *guard;
         if st.session != self.session {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                st.session_error(),
-            ));
+            let err = io::Error::new(io::ErrorKind::ConnectionAborted, st.session_error());
+            return (Err(err), false);
         }
         let Some(mut engine) = st.engine.take() else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "mux link is down",
-            ));
+            let err = io::Error::new(io::ErrorKind::NotConnected, "mux link is down");
+            return (Err(err), false);
         };
         let out = op(&mut engine, st);
         st.engine = Some(engine);
         self.shared.dispatch(st);
-        out.map_err(|e| to_io(e, st))
+        let owes = st.engine.as_ref().is_some_and(Engine::has_transmit);
+        (out.map_err(|e| to_io(e, st)), owes)
     }
 }
 
