@@ -159,7 +159,8 @@ impl Shared {
         Some(Ok(n))
     }
 
-    /// Flushes from a context that has no task context of its own to offer.
+    /// Leaves writing to the writer task: for callers with no task context, or holding
+    /// the state lock (which a flush must not be called under).
     pub fn kick(&self) {
         self.writer.notify_one();
     }

@@ -138,7 +138,7 @@ impl Shared {
     /// Hands engine events to the streams, listeners and connectors waiting on them.
     /// Packets the engine now owes are left for the caller to flush once it has let go of
     /// the state lock.
-    pub fn dispatch(self: &Arc<Self>, st: &mut State) {
+    pub fn dispatch(&self, st: &mut State) {
         let now = Instant::now();
         while let Some(ev) = st.engine.as_mut().and_then(Engine::poll_event) {
             match ev {
@@ -207,7 +207,7 @@ impl Shared {
     }
 
     /// Handles the peer's hello: opens a session, notices a restarted peer, answers.
-    pub fn on_hello(self: &Arc<Self>, st: &mut State, hello: Hello) {
+    pub fn on_hello(&self, st: &mut State, hello: Hello) {
         if hello.version != VERSION {
             self.terminate(
                 st,
@@ -232,11 +232,11 @@ impl Shared {
         }
         if !hello.ack {
             st.hello_due = Some(true);
-            self.writer.notify_one();
+            self.kick();
         }
     }
 
-    fn start_session(self: &Arc<Self>, st: &mut State, hello: Hello) {
+    fn start_session(&self, st: &mut State, hello: Hello) {
         let mut config = st.cfg.engine_config(hello.cid);
         config.max_payload = config.max_payload.min(hello.max_payload.max(1));
         let mut engine = Engine::new(config);
@@ -279,7 +279,7 @@ impl Shared {
         st.hello_backoff = st.cfg.hello_interval;
         st.next_hello = None;
         self.status.send_replace(LinkStatus::Handshaking);
-        self.writer.notify_one();
+        self.kick();
     }
 
     /// Ends the mux for good.
@@ -294,7 +294,7 @@ impl Shared {
         }
         st.closed = Some(err.clone());
         self.status.send_replace(LinkStatus::Closed(err));
-        self.writer.notify_one();
+        self.kick();
         if let Some(abort) = self
             .reader_abort
             .lock()
