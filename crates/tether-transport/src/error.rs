@@ -9,14 +9,14 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum TransportError {
     /// An operating-system call failed.
-    #[error("{op} {endpoint}: {source}")]
+    #[error("{op} {endpoint}: {error}")]
     Io {
         /// What tether was doing: "connect to", "listen on", "accept on".
         op: &'static str,
         /// The endpoint, as a URI.
         endpoint: String,
-        /// The underlying error.
-        source: io::Error,
+        /// The underlying error (part of this error's message, so not also its source).
+        error: io::Error,
     },
     /// The peer closed the connection before it was set up: for hybrid vsock this is how a
     /// guest that does not (yet) listen on the port shows.
@@ -54,12 +54,12 @@ pub enum TransportError {
         hint: String,
     },
     /// The mux link or connection failed.
-    #[error("{endpoint}: {source}")]
+    #[error("{endpoint}: {error}")]
     Mux {
         /// The endpoint, as a URI.
         endpoint: String,
         /// The mux's error.
-        source: MuxError,
+        error: MuxError,
     },
     /// Every endpoint of a peer failed; the attempts in the order they were made.
     #[error("no endpoint of the peer could be reached: {}", list(.0))]
@@ -78,11 +78,11 @@ fn list(errors: &[TransportError]) -> String {
 }
 
 impl TransportError {
-    pub(crate) fn io(op: &'static str, endpoint: impl ToString, source: io::Error) -> Self {
+    pub(crate) fn io(op: &'static str, endpoint: impl ToString, error: io::Error) -> Self {
         TransportError::Io {
             op,
             endpoint: endpoint.to_string(),
-            source,
+            error,
         }
     }
 
@@ -91,15 +91,15 @@ impl TransportError {
     pub fn is_retryable(&self) -> bool {
         match self {
             TransportError::Refused { .. } => true,
-            TransportError::Io { source, .. } => matches!(
-                source.kind(),
+            TransportError::Io { error, .. } => matches!(
+                error.kind(),
                 io::ErrorKind::ConnectionRefused
                     | io::ErrorKind::NotFound
                     | io::ErrorKind::ConnectionReset
                     | io::ErrorKind::UnexpectedEof
             ),
-            TransportError::Mux { source, .. } => {
-                matches!(source, MuxError::Connect { .. } | MuxError::NotUp(_))
+            TransportError::Mux { error, .. } => {
+                matches!(error, MuxError::Connect { .. } | MuxError::NotUp(_))
             }
             _ => false,
         }

@@ -66,9 +66,9 @@ impl Listener {
             }
             Endpoint::MuxSerial { port, .. } | Endpoint::MuxUnix { port, .. } => {
                 let mux = t.link(ep).await?;
-                let l = mux.listen(*port).map_err(|source| TransportError::Mux {
+                let l = mux.listen(*port).map_err(|error| TransportError::Mux {
                     endpoint: ep.to_string(),
-                    source,
+                    error,
                 })?;
                 ListenInner::Mux(l, mux)
             }
@@ -109,9 +109,9 @@ impl Listener {
                 ))
             }
             ListenInner::Mux(l, mux) => {
-                let s = l.accept().await.map_err(|source| TransportError::Mux {
+                let s = l.accept().await.map_err(|error| TransportError::Mux {
                     endpoint: self.local.to_string(),
-                    source,
+                    error,
                 })?;
                 let peer_cid = match mux.status() {
                     crate::mux::LinkStatus::Up { peer_cid } => peer_cid,

@@ -215,9 +215,9 @@ impl Transport {
             }
             Endpoint::MuxSerial { port, .. } | Endpoint::MuxUnix { port, .. } => {
                 let mux = self.link(ep).await?;
-                let mux_err = |source| TransportError::Mux {
+                let mux_err = |error| TransportError::Mux {
                     endpoint: ep.to_string(),
-                    source,
+                    error,
                 };
                 let peer_cid = mux.ready().await.map_err(mux_err)?;
                 let s = mux.connect(*port).await.map_err(mux_err)?;

@@ -1,9 +1,16 @@
 //! The tether command line: thin argument parsing over the tether crates.
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod cat;
+mod config;
 mod demo;
+mod dial;
+mod forward;
+mod listen;
+mod stdio;
 
 /// Talk to virtual machines over vsock.
 #[derive(Parser)]
@@ -11,17 +18,50 @@ mod demo;
     name = "tether",
     version,
     about,
-    after_help = "Examples:\n  \
-        tether demo                       run both ends of a mux link in-process and report figures\n  \
-        tether demo --link pty --conns 32 the same over a pseudo-terminal in raw mode, like a serial port"
+    after_help = "Endpoints:\n  \
+        vsock://CID:PORT  vsock://:PORT      AF_VSOCK (CID 2 is the host; :PORT listens on any CID)\n  \
+        hybrid:///run/fc/v.sock:PORT       Firecracker / Cloud Hypervisor / vhost-user-vsock host socket\n  \
+        hyperkit://[CID]:PORT/STATE/DIR    hyperkit's virtio-sock\n  \
+        hvsock://VM/SERVICE  hvsock:///SERVICE   Hyper-V sockets (Windows hosts)\n  \
+        tcp://HOST:PORT  unix:///PATH      plain sockets\n  \
+        mux+serial:///dev/hvc1:PORT        vsock over a serial line (guest end)\n  \
+        mux+unix:///run/vm/serial.sock:PORT  vsock over QEMU's virtio-serial chardev socket (host end)\n\n\
+        Examples:\n  \
+        tether cat --retry 30s hybrid:///run/fc/v.sock:52     talk to guest port 52 once it listens\n  \
+        tether listen --keep --exec 'cat > /tmp/log' vsock://:9000\n  \
+        tether forward tcp://127.0.0.1:8080 hybrid:///run/vm/v.sock:80   host port 8080 to guest port 80\n  \
+        tether forward vsock://:5432 tcp://127.0.0.1:5432     (in a guest) host connections to a guest service\n  \
+        tether demo                                          both ends of a mux link in-process, with figures"
 )]
 struct Cli {
+    /// Config file [default: $TETHER_CONFIG, else ~/.config/tether/config.toml if present].
+    #[arg(long, global = true, value_name = "FILE", env = "TETHER_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Join stdin and stdout to an endpoint, like ncat or hvcat.
+    #[command(after_help = "Examples:\n  \
+        echo hello | tether cat unix:///run/echo.sock\n  \
+        tether cat --retry 30s hybrid:///run/fc/v.sock:1024\n  \
+        tether cat --peer vsock://3:1024 --peer tcp://10.0.0.5:1024")]
+    Cat(cat::Args),
+    /// Accept connections on an endpoint: one to stdio, many with --keep, or a command
+    /// per connection with --exec.
+    #[command(after_help = "Examples:\n  \
+        tether listen vsock://:1024 > received\n  \
+        tether listen --keep --exec 'sha256sum' tcp://127.0.0.1:9000\n  \
+        tether listen hybrid:///run/fc/v.sock:52          guest connections to host port 52")]
+    Listen(listen::Args),
+    /// Relay every connection accepted on FROM to TO, both ways, with half-close.
+    #[command(after_help = "Examples:\n  \
+        tether forward tcp://127.0.0.1:8080 hybrid:///run/vm/v.sock:80\n  \
+        tether forward unix:///run/agent.sock mux+unix:///run/vm/serial.sock:1024\n  \
+        tether forward --peer vsock://3:80 --peer tcp://10.0.0.5:80 tcp://127.0.0.1:8080")]
+    Forward(forward::Args),
     /// Run a host and a guest mux end over one link in this process: concurrent echo
     /// connections with checksums and half-close, then throughput and round-trip figures.
     Demo(demo::Args),
@@ -34,13 +74,50 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo(args) => demo::run(args),
+        Command::Demo(args) => demo::run(args).map(|()| ExitCode::SUCCESS),
+        command => run_async(command, cli.config),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("tether: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn run_async(command: Command, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let cfg = config::Config::load(config.as_deref())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = dispatch(command, &cfg) => r,
+            s = stop_signal() => { tracing::debug!("stopping on {s}"); Ok(ExitCode::from(130)) }
+        }
+    });
+    // A read of stdin may still be blocked in tokio's thread pool; do not wait for it.
+    rt.shutdown_background();
+    result
+}
+
+async fn dispatch(command: Command, cfg: &config::Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Cat(a) => cat::run(a, cfg).await.map(|()| ExitCode::SUCCESS),
+        Command::Listen(a) => listen::run(a, cfg).await,
+        Command::Forward(a) => forward::run(a, cfg).await.map(|()| ExitCode::SUCCESS),
+        Command::Demo(_) => unreachable!("runs its own runtime"),
+    }
+}
+
+/// SIGINT or SIGTERM: returning drops listeners, which removes their socket files.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
     }
 }
