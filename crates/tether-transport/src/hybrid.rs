@@ -40,10 +40,15 @@ pub async fn read_reply(
     let read = async {
         loop {
             let mut byte = [0u8; 1];
-            let n = sock
-                .read(&mut byte)
-                .await
-                .map_err(|e| TransportError::io("connect to", endpoint, e))?;
+            let n = sock.read(&mut byte).await.map_err(|e| {
+                if closed_kind(&e) {
+                    // A device that closes without reading all of `CONNECT` shows as a
+                    // reset rather than EOF; it is the same refusal.
+                    closed(endpoint, &line)
+                } else {
+                    TransportError::io("connect to", endpoint, e)
+                }
+            })?;
             if n == 0 {
                 return Err(closed(endpoint, &line));
             }
@@ -75,6 +80,14 @@ fn parse_ok(line: &[u8]) -> Option<u32> {
         return None;
     }
     port.trim_end_matches('\r').parse().ok()
+}
+
+/// How a Unix socket the device closed without reading our request shows.
+fn closed_kind(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+    )
 }
 
 fn closed(endpoint: &str, got: &[u8]) -> TransportError {
@@ -116,7 +129,13 @@ pub(crate) async fn dial_once(
         .map_err(|e| TransportError::io("connect to", endpoint, e))?;
     sock.write_all(connect_line(port).as_bytes())
         .await
-        .map_err(|e| TransportError::io("connect to", endpoint, e))?;
+        .map_err(|e| {
+            if closed_kind(&e) {
+                closed(endpoint, &[])
+            } else {
+                TransportError::io("connect to", endpoint, e)
+            }
+        })?;
     let host_port = read_reply(&mut sock, endpoint, timeout).await?;
     Ok((sock, host_port))
 }
