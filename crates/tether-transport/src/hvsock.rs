@@ -54,6 +54,118 @@ pub fn unsupported_hint(service: &HvService) -> String {
     )
 }
 
+/// The AF_HYPERV socket calls (Windows only).
+///
+/// Written against windows-sys and Microsoft's documented `SOCKADDR_HV`; this machine
+/// cannot build Windows targets, so it is compiled only where Windows is.
+#[cfg(windows)]
+pub mod sys {
+    use crate::endpoint::{HvService, HvVm, HvWellKnown};
+    use std::io;
+    use std::mem::size_of;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::windows::io::FromRawSocket;
+    use std::sync::Once;
+    use windows_sys::core::GUID;
+    use windows_sys::Win32::Networking::WinSock::{
+        self as ws, AF_HYPERV, INVALID_SOCKET, SOCKADDR, SOCKET, SOCKET_ERROR, SOCK_STREAM,
+        SOMAXCONN, WSADATA,
+    };
+    use windows_sys::Win32::System::Hypervisor::{
+        HV_GUID_CHILDREN, HV_GUID_LOOPBACK, HV_GUID_PARENT, HV_GUID_WILDCARD, HV_PROTOCOL_RAW,
+        SOCKADDR_HV,
+    };
+
+    /// The VM id for `vm`; with none, `when_absent` (parent to dial, wildcard to listen).
+    fn vm_id(vm: Option<&HvVm>, when_absent: GUID) -> io::Result<GUID> {
+        Ok(match vm {
+            None => when_absent,
+            Some(HvVm::Guid(g)) => GUID::from_u128(g.value()),
+            Some(HvVm::WellKnown(HvWellKnown::Wildcard)) => HV_GUID_WILDCARD,
+            Some(HvVm::WellKnown(HvWellKnown::Children)) => HV_GUID_CHILDREN,
+            Some(HvVm::WellKnown(HvWellKnown::Loopback)) => HV_GUID_LOOPBACK,
+            Some(HvVm::WellKnown(HvWellKnown::Parent)) => HV_GUID_PARENT,
+            Some(HvVm::Name(n)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("VM names need Hyper-V's management API; give the VM id instead: (Get-VM {n}).Id"),
+                ))
+            }
+        })
+    }
+
+    fn address(vm: GUID, service: &HvService) -> SOCKADDR_HV {
+        SOCKADDR_HV {
+            Family: AF_HYPERV,
+            Reserved: 0,
+            VmId: vm,
+            ServiceId: GUID::from_u128(service.guid().value()),
+        }
+    }
+
+    fn socket() -> io::Result<SOCKET> {
+        static STARTUP: Once = Once::new();
+        // SAFETY: WSAStartup only fills the WSADATA it is given.
+        STARTUP.call_once(|| unsafe {
+            let mut data: WSADATA = std::mem::zeroed();
+            ws::WSAStartup(0x202, &mut data);
+        });
+        // SAFETY: plain socket creation; the result is checked.
+        let s = unsafe { ws::socket(AF_HYPERV as i32, SOCK_STREAM, HV_PROTOCOL_RAW as i32) };
+        if s == INVALID_SOCKET {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(s)
+    }
+
+    fn check(s: SOCKET, rc: i32) -> io::Result<()> {
+        if rc == SOCKET_ERROR {
+            let e = io::Error::last_os_error();
+            // SAFETY: `s` is ours and not used again.
+            unsafe { ws::closesocket(s) };
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Connects to `service` on `vm` (the parent partition when `vm` is `None`).
+    /// Winsock streams of any family are driven like TCP streams.
+    pub fn connect(vm: Option<&HvVm>, service: &HvService) -> io::Result<TcpStream> {
+        let addr = address(vm_id(vm, HV_GUID_PARENT)?, service);
+        let s = socket()?;
+        // SAFETY: `addr` is a valid SOCKADDR_HV and its size is passed with it.
+        let rc = unsafe {
+            ws::connect(
+                s,
+                &addr as *const SOCKADDR_HV as *const SOCKADDR,
+                size_of::<SOCKADDR_HV>() as i32,
+            )
+        };
+        check(s, rc)?;
+        // SAFETY: `s` is a connected socket we own.
+        Ok(unsafe { TcpStream::from_raw_socket(s as u64) })
+    }
+
+    /// Listens for `service` from `vm` (any VM when `vm` is `None`).
+    pub fn bind(vm: Option<&HvVm>, service: &HvService) -> io::Result<TcpListener> {
+        let addr = address(vm_id(vm, HV_GUID_WILDCARD)?, service);
+        let s = socket()?;
+        // SAFETY: as in `connect`.
+        let rc = unsafe {
+            ws::bind(
+                s,
+                &addr as *const SOCKADDR_HV as *const SOCKADDR,
+                size_of::<SOCKADDR_HV>() as i32,
+            )
+        };
+        check(s, rc)?;
+        // SAFETY: `s` is a bound socket we own.
+        check(s, unsafe { ws::listen(s, SOMAXCONN as i32) })?;
+        // SAFETY: `s` is a listening socket we own.
+        Ok(unsafe { TcpListener::from_raw_socket(s as u64) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
