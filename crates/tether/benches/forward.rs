@@ -207,19 +207,23 @@ fn throughput(fam: &Family, addr: &str, total: u64) -> f64 {
     sent as f64 / (1024.0 * 1024.0) / secs
 }
 
-/// p50 and p99 of 1-byte round trips to an echo server at `addr`, in µs.
-fn round_trip(fam: &Family, addr: &str, pings: usize) -> (f64, f64) {
-    let mut c = fam.connect(addr).unwrap();
+/// Times `n` 1-byte round trips (after a tenth as many unrecorded), in µs.
+fn round_trips(c: &mut dyn Conn, n: usize) -> Vec<f64> {
     let mut b = [7u8; 1];
-    let mut samples = Vec::with_capacity(pings);
-    for i in 0..pings + pings / 10 {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
         let t = Instant::now();
         c.write_all(&b).unwrap();
         c.read_exact(&mut b).unwrap();
-        if i >= pings / 10 {
+        if i >= n / 10 {
             samples.push(t.elapsed().as_secs_f64() * 1e6);
         }
     }
+    samples
+}
+
+/// p50 and p99.
+fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
     samples.sort_by(f64::total_cmp);
     (
         samples[samples.len() / 2],
@@ -261,10 +265,18 @@ fn measure(fam: &Family, total: u64, pings: usize, rounds: usize) -> Row {
             rates[i].push(throughput(fam, s, total));
         }
     }
-    let rtt: Vec<(f64, f64)> = addrs
+    // Round trips interleave the same way, on one connection per path.
+    let mut conns: Vec<Box<dyn Conn>> = addrs
         .iter()
-        .map(|(_, e, _)| round_trip(fam, e, pings))
+        .map(|(_, e, _)| fam.connect(e).unwrap())
         .collect();
+    let mut samples = vec![Vec::new(); 3];
+    for _ in 0..10 {
+        for (i, c) in conns.iter_mut().enumerate() {
+            samples[i].extend(round_trips(c.as_mut(), pings / 10));
+        }
+    }
+    let rtt: Vec<(f64, f64)> = samples.into_iter().map(percentiles).collect();
     let mut rates = rates.into_iter().map(median);
     Row {
         family: fam.name(),

@@ -88,10 +88,16 @@ fn main() -> ExitCode {
 
 fn run_async(command: Command, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let cfg = config::Config::load(config.as_deref())?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = if std::env::var_os("TETHER_CT").is_some() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+    };
     let result = rt.block_on(async {
         tokio::select! {
             r = dispatch(command, &cfg) => r,
