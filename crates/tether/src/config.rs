@@ -32,6 +32,33 @@ pub struct Config {
     /// How long to retry a refusing peer, e.g. "30s".
     #[serde(default, with = "humantime_serde_opt")]
     pub retry: Option<Duration>,
+    /// `tether agent`'s settings.
+    #[serde(default)]
+    pub agent: AgentSection,
+}
+
+/// The `[agent]` table.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// Endpoints to listen on.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// The shared token's file.
+    pub token_file: Option<PathBuf>,
+    /// CIDs allowed to connect over vsock or a mux.
+    #[serde(default)]
+    pub allow_cids: Vec<u64>,
+}
+
+impl AgentSection {
+    /// The listen endpoints, parsed.
+    pub fn listen_endpoints(&self) -> Vec<Endpoint> {
+        self.listen
+            .iter()
+            .map(|p| p.parse().expect("checked at load"))
+            .collect()
+    }
 }
 
 impl Config {
@@ -54,6 +81,9 @@ impl Config {
         let cfg: Config = toml::from_str(text)?;
         for p in &cfg.peers {
             p.parse::<Endpoint>().context("in `peers`")?;
+        }
+        for p in &cfg.agent.listen {
+            p.parse::<Endpoint>().context("in `[agent] listen`")?;
         }
         Ok(cfg)
     }

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod agent;
 mod cat;
 mod config;
 mod demo;
@@ -62,6 +63,12 @@ enum Command {
         tether forward unix:///run/agent.sock mux+unix:///run/vm/serial.sock:1024\n  \
         tether forward --peer vsock://3:80 --peer tcp://10.0.0.5:80 tcp://127.0.0.1:8080")]
     Forward(forward::Args),
+    /// Serve commands to tether clients: the guest agent (PID 1 in `tether vm`).
+    #[command(after_help = "Examples:\n  \
+        tether agent                                   vsock://:1024, host CID 2 only\n  \
+        tether agent --listen unix:///run/tether.sock\n  \
+        tether agent --listen tcp://0.0.0.0:7000 --token-file /etc/tether/token")]
+    Agent(agent::Args),
     /// Run a host and a guest mux end over one link in this process: concurrent echo
     /// connections with checksums and half-close, then throughput and round-trip figures.
     Demo(demo::Args),
@@ -75,6 +82,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Agent(args) => agent::run(args, cli.config.as_deref()).map(|()| ExitCode::SUCCESS),
         command => run_async(command, cli.config),
     };
     match result {
@@ -114,7 +122,7 @@ async fn dispatch(command: Command, cfg: &config::Config) -> anyhow::Result<Exit
         Command::Cat(a) => cat::run(a, cfg).await.map(|()| ExitCode::SUCCESS),
         Command::Listen(a) => listen::run(a, cfg).await,
         Command::Forward(a) => forward::run(a, cfg).await.map(|()| ExitCode::SUCCESS),
-        Command::Demo(_) => unreachable!("runs its own runtime"),
+        Command::Demo(_) | Command::Agent(_) => unreachable!("run their own runtimes"),
     }
 }
 

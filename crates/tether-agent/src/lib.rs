@@ -1,0 +1,139 @@
+//! The tether guest agent.
+//!
+//! Serves the protocol of docs/protocol.md on any [`tether_transport::Listener`]: runs
+//! commands with streamed stdio or a terminal, delivers signals to their process groups,
+//! enforces timeouts, reports exit codes and signals distinctly, and reaps every child
+//! from a single `waitpid` owner (so it can run as PID 1).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use tether_agent::{Agent, AgentConfig};
+//! use tether_transport::Transport;
+//! let agent = Agent::new(AgentConfig::default())?;
+//! let listener = Transport::default().bind(&"unix:///run/tether.sock".parse()?).await?;
+//! agent.serve(listener).await?;
+//! # Ok(()) }
+//! ```
+
+mod auth;
+mod exec;
+mod reaper;
+mod session;
+mod spawn;
+pub mod user;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Instant;
+use tether_transport::{Endpoint, Listener, Remote, TransportError};
+use thiserror::Error;
+
+pub use auth::Auth;
+
+/// How the agent behaves.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The shared token clients must prove; none accepts every client that may connect.
+    pub token: Option<Vec<u8>>,
+    /// vsock (and mux) CIDs allowed to connect. Default: only the host, CID 2.
+    pub allow_cids: Vec<u64>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            token: None,
+            allow_cids: vec![2],
+        }
+    }
+}
+
+/// Why the agent could not serve.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// Accepting failed for good.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// Setting up the agent failed.
+    #[error("starting the agent: {0}")]
+    Setup(#[from] std::io::Error),
+    /// A TCP listener without a token would let anyone on the network run commands.
+    #[error("refusing to listen on {0} without a token: anyone who can reach it could run commands; give --token-file")]
+    TcpWithoutToken(String),
+}
+
+/// What every session shares.
+pub(crate) struct Ctx {
+    pub(crate) reaper: reaper::Reaper,
+    pub(crate) auth: Auth,
+    pub(crate) started: Instant,
+    allow_cids: Vec<u64>,
+}
+
+/// A running agent; cheap to clone, shares sessions' state across listeners.
+#[derive(Clone)]
+pub struct Agent {
+    ctx: Arc<Ctx>,
+}
+
+impl Agent {
+    /// Sets up the agent on the current tokio runtime: takes over reaping (and becomes a
+    /// child subreaper when it is not PID 1, so orphans of its commands are reaped too).
+    pub fn new(config: AgentConfig) -> Result<Agent, AgentError> {
+        if std::process::id() != 1 {
+            let _ = nix::sys::prctl::set_child_subreaper(true);
+        }
+        if std::env::var_os("PATH").is_none() {
+            // PID 1 starts without PATH; commands are looked up where a shell would look.
+            // SAFETY: set once at startup, before any other thread reads the environment.
+            unsafe {
+                std::env::set_var(
+                    "PATH",
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                )
+            };
+        }
+        Ok(Agent {
+            ctx: Arc::new(Ctx {
+                reaper: reaper::Reaper::start()?,
+                auth: Auth::new(config.token),
+                started: Instant::now(),
+                allow_cids: config.allow_cids,
+            }),
+        })
+    }
+
+    /// Accepts connections on `listener` and serves each in its own task, until
+    /// accepting fails for good.
+    pub async fn serve(&self, mut listener: Listener) -> Result<(), AgentError> {
+        if matches!(listener.local_endpoint(), Endpoint::Tcp { .. }) && !self.ctx.auth.required() {
+            return Err(AgentError::TcpWithoutToken(
+                listener.local_endpoint().to_string(),
+            ));
+        }
+        loop {
+            let stream = match listener.accept().await {
+                Ok(s) => s,
+                Err(e @ TransportError::Mux { .. }) => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            if !self.allowed(stream.remote()) {
+                tracing::warn!(remote = %stream.remote(), "connection refused: CID not allowed (--allow-cid)");
+                continue;
+            }
+            tokio::spawn(session::serve(stream, self.ctx.clone()));
+        }
+    }
+
+    fn allowed(&self, remote: &Remote) -> bool {
+        match remote {
+            Remote::Vsock { cid, .. } => self.ctx.allow_cids.contains(&u64::from(*cid)),
+            Remote::Mux { peer_cid, .. } => self.ctx.allow_cids.contains(peer_cid),
+            _ => true,
+        }
+    }
+}
