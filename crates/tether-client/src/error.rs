@@ -1,0 +1,128 @@
+//! What can go wrong talking to an agent.
+
+use std::time::Duration;
+use tether_proto::{ErrorCode, ErrorMsg};
+use tether_transport::TransportError;
+use thiserror::Error;
+
+/// Why an operation on an agent failed.
+///
+/// A command that runs and fails is not an error: it is an [`ExitStatus`] from
+/// [`Session::wait`]. These are the cases where the command's outcome is unknown or it
+/// never started.
+///
+/// ```
+/// use tether_client::ClientError;
+/// use tether_proto::ErrorCode;
+/// let e = ClientError::Agent { code: ErrorCode::Spawn, message: "no such command: nope".into() };
+/// assert_eq!(e.to_string(), "cannot start the command: no such command: nope");
+/// assert_eq!(e.agent_code(), Some(ErrorCode::Spawn));
+/// ```
+///
+/// [`ExitStatus`]: tether_proto::ExitStatus
+/// [`Session::wait`]: crate::Session::wait
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No endpoint of the peer could be reached.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The agent sent something the protocol does not allow here.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The agent answered with an ERROR frame (other than `auth` and `version`, which
+    /// have their own variants): e.g. `spawn` when the program does not exist.
+    #[error("{}", agent_text(*.code, .message))]
+    Agent {
+        /// The class of error.
+        code: ErrorCode,
+        /// The agent's explanation.
+        message: String,
+    },
+    /// The agent speaks no protocol version this client does.
+    #[error("protocol version mismatch: this client speaks version {ours}; {detail}")]
+    Version {
+        /// [`tether_proto::PROTOCOL_VERSION`].
+        ours: u16,
+        /// What the agent said or answered.
+        detail: String,
+    },
+    /// The agent refused the hello's proof: no token, the wrong token, or a clock more
+    /// than [`tether_proto::AUTH_WINDOW_SECS`] away from the agent's.
+    #[error("the agent refused authentication: {0}")]
+    Auth(String),
+    /// The connection ended or failed before the operation finished (for a session:
+    /// before its EXIT frame), so the outcome is unknown.
+    #[error("connection lost {during}: {detail}")]
+    ConnectionLost {
+        /// What was being waited for, e.g. "before the command's exit status".
+        during: &'static str,
+        /// What was seen.
+        detail: String,
+    },
+    /// The agent did not answer in time.
+    #[error("the agent did not answer {what} within {after:?}")]
+    Timeout {
+        /// What was awaited.
+        what: &'static str,
+        /// How long the client waited.
+        after: Duration,
+    },
+    /// The agent does not offer what the request needs (its WELCOME lacks the feature).
+    #[error("the agent does not offer {0}")]
+    Unsupported(&'static str),
+    /// The session has already ended: a frame was sent after EXIT, or the exit status
+    /// was asked for again after an error was reported.
+    #[error("the session has ended")]
+    SessionEnded,
+}
+
+impl ClientError {
+    /// The ERROR code when the agent refused with one.
+    pub fn agent_code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Agent { code, .. } => Some(*code),
+            ClientError::Auth(_) => Some(ErrorCode::Auth),
+            _ => None,
+        }
+    }
+
+    /// The error for an ERROR frame from the agent.
+    pub(crate) fn from_agent(e: ErrorMsg) -> ClientError {
+        match e.code {
+            ErrorCode::Auth => ClientError::Auth(e.message),
+            ErrorCode::Version => ClientError::Version {
+                ours: tether_proto::PROTOCOL_VERSION,
+                detail: format!("the agent said: {}", e.message),
+            },
+            code => ClientError::Agent {
+                code,
+                message: e.message,
+            },
+        }
+    }
+}
+
+/// The wire name of an error code, as in docs/protocol.md.
+pub fn code_name(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::BadHello => "bad-hello",
+        ErrorCode::Version => "version",
+        ErrorCode::Auth => "auth",
+        ErrorCode::UnknownKind => "unknown-kind",
+        ErrorCode::Oversize => "oversize",
+        ErrorCode::BadFrame => "bad-frame",
+        ErrorCode::Spawn => "spawn",
+        ErrorCode::Denied => "denied",
+        ErrorCode::Internal => "internal",
+        ErrorCode::Other => "other",
+    }
+}
+
+fn agent_text(code: ErrorCode, message: &str) -> String {
+    match code {
+        ErrorCode::Spawn => format!("cannot start the command: {message}"),
+        ErrorCode::Denied => format!("the agent refused: {message}"),
+        code => format!("agent error ({}): {message}", code_name(code)),
+    }
+}
