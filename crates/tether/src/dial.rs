@@ -18,14 +18,14 @@ pub struct DialArgs {
     pub retry: Option<Duration>,
     /// Limit for one connection attempt, including the VMM's handshake [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub timeout: Option<Duration>,
+    pub connect_timeout: Option<Duration>,
 }
 
 impl DialArgs {
     /// The transport with options from the command line, then the config file.
     pub fn transport(&self, cfg: &Config) -> Transport {
         let mut opts = DialOptions::default();
-        if let Some(t) = self.timeout.or(cfg.timeout) {
+        if let Some(t) = self.connect_timeout.or(cfg.timeout) {
             opts.timeout = t;
         }
         if let Some(r) = self.retry.or(cfg.retry) {

@@ -9,8 +9,11 @@ mod cat;
 mod config;
 mod demo;
 mod dial;
+mod exec;
 mod forward;
 mod listen;
+mod ping;
+mod shell;
 mod stdio;
 
 /// Talk to virtual machines over vsock.
@@ -69,6 +72,28 @@ enum Command {
         tether agent --listen unix:///run/tether.sock\n  \
         tether agent --listen tcp://0.0.0.0:7000 --token-file /etc/tether/token")]
     Agent(agent::Args),
+    /// Run a command in the guest: stdout and stderr streamed as they come, stdin with
+    /// -i, a terminal with -t, signals passed on; exits with the command's status (128+N
+    /// for a signal) or 255 when tether fails, like ssh.
+    #[command(after_help = "Examples:\n  \
+        tether exec hybrid:///run/fc/v.sock:1024 -- uname -a\n  \
+        tether exec -e RUST_LOG=debug -w /srv -u app unix:///run/vm/agent.sock -- ./serve --port 80\n  \
+        tar c dir | tether exec -i --peer vsock://3:1024 -- tar x -C /tmp\n  \
+        tether exec -it vsock://3:1024 -- vim /etc/hosts\n  \
+        tether exec --timeout 30s --shell vsock://3:1024 -- 'make -j4 2>&1 | tail -n 20'\n  \
+        TETHER_TOKEN_FILE=~/.config/tether/token tether exec tcp://10.0.0.5:1024 -- id")]
+    Exec(exec::Args),
+    /// An interactive login shell in the guest on a terminal (`exec -i -t` of the user's
+    /// shell, with this terminal's size and TERM).
+    #[command(after_help = "Examples:\n  \
+        tether shell hybrid:///run/fc/v.sock:1024\n  \
+        tether shell -u root --retry 30s vsock://3:1024     once the guest has booted")]
+    Shell(shell::Args),
+    /// Time round trips to the agent: connect time, then PING/PONG min, p50, p99, max.
+    #[command(after_help = "Examples:\n  \
+        tether ping unix:///run/vm/agent.sock\n  \
+        tether ping -c 1000 -s 1024 --json hybrid:///run/fc/v.sock:1024")]
+    Ping(ping::Args),
     /// Run a host and a guest mux end over one link in this process: concurrent echo
     /// connections with checksums and half-close, then throughput and round-trip figures.
     Demo(demo::Args),
@@ -83,6 +108,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args).map(|()| ExitCode::SUCCESS),
         Command::Agent(args) => agent::run(args, cli.config.as_deref()).map(|()| ExitCode::SUCCESS),
+        Command::Exec(args) => Ok(exec::main(args, cli.config.as_deref())),
+        Command::Shell(args) => Ok(shell::main(args, cli.config.as_deref())),
         command => run_async(command, cli.config),
     };
     match result {
@@ -122,7 +149,10 @@ async fn dispatch(command: Command, cfg: &config::Config) -> anyhow::Result<Exit
         Command::Cat(a) => cat::run(a, cfg).await.map(|()| ExitCode::SUCCESS),
         Command::Listen(a) => listen::run(a, cfg).await,
         Command::Forward(a) => forward::run(a, cfg).await.map(|()| ExitCode::SUCCESS),
-        Command::Demo(_) | Command::Agent(_) => unreachable!("run their own runtimes"),
+        Command::Ping(a) => ping::run(a, cfg).await,
+        Command::Demo(_) | Command::Agent(_) | Command::Exec(_) | Command::Shell(_) => {
+            unreachable!("run their own runtimes")
+        }
     }
 }
 
