@@ -164,8 +164,8 @@ pub async fn run_session(
     interactive: bool,
     tty: bool,
 ) -> Result<ExitCode> {
-    // Listen before connecting, so a signal that comes while connecting is passed on
-    // once the command runs instead of killing tether.
+    // Handlers first: from here on SIGINT, SIGTERM and SIGHUP never kill tether
+    // behind the terminal's back.
     let mut signals = Signals::new(tty)?;
     let local_tty = std::io::stdin().is_terminal();
     cmd = cmd.stdin(interactive);
@@ -173,7 +173,12 @@ pub async fn run_session(
         let (rows, cols) = window_size().unwrap_or((24, 80));
         cmd = cmd.tty(rows, cols, std::env::var("TERM").ok());
     }
-    let mut session = client.exec(&cmd).await?;
+    // A signal while connecting (a long --retry, an agent that does not answer) gives
+    // up: no command runs yet to pass it to.
+    let mut session = tokio::select! {
+        r = client.exec(&cmd) => r?,
+        sig = signals.stop() => return Ok(ExitCode::from(128 + sig)),
+    };
     tracing::debug!(pid = session.pid(), remote = %session.remote(), "started");
     // Raw mode only when keystrokes go to the remote terminal; restored when this
     // function returns, whichever way.
@@ -282,16 +287,20 @@ impl Signals {
         })
     }
 
+    /// The next SIGINT, SIGTERM, SIGHUP (or SIGQUIT with a terminal), as its number.
+    async fn stop(&mut self) -> u8 {
+        tokio::select! {
+            _ = self.int.recv() => 2,
+            _ = self.term.recv() => 15,
+            _ = self.hup.recv() => 1,
+            _ = maybe(&mut self.quit) => 3,
+        }
+    }
+
     /// Forwards SIGINT, SIGTERM and SIGHUP (and SIGQUIT with a terminal) to the
     /// command's process group, and window size changes as RESIZE with a terminal.
     /// Never returns.
     async fn forward(&mut self, control: &Control, tty: bool) {
-        async fn maybe(s: &mut Option<Signal>) -> Option<()> {
-            match s {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
-            }
-        }
         loop {
             let sig = tokio::select! {
                 _ = self.int.recv() => 2,
@@ -311,6 +320,13 @@ impl Signals {
             // A session that has ended has nothing to signal.
             let _ = control.signal(sig).await;
         }
+    }
+}
+
+async fn maybe(s: &mut Option<Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
 

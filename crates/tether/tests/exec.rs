@@ -378,6 +378,31 @@ fn sigint_sigterm_and_sighup_are_forwarded_to_the_command() {
 }
 
 #[test]
+fn a_signal_while_connecting_gives_up_with_128_plus_n() {
+    let dir = TmpDir::new("retry");
+    let uri = format!("unix://{}", dir.0.join("later.sock").display());
+    let mut child = tether()
+        .args(["exec", "--retry", "60s", &uri, "--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The dial keeps retrying (nothing listens); give it time to install its handlers.
+    thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "still retrying");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "gave up at once"
+    );
+}
+
+#[test]
 fn the_token_file_is_proven_and_never_needed_on_the_command_line() {
     let fake = Fake::start(2, |mut c| async move {
         let (h, _) = start(&mut c).await;
