@@ -221,8 +221,10 @@ impl Session {
     }
 
     /// Collects all of stdout and stderr (those not taken out of the session) and the
-    /// exit status.
+    /// exit status. A `stdin` still in the session gets its EOF first.
     pub async fn output(mut self) -> Result<Output, ClientError> {
+        // The command may read its stdin to the end before it writes or exits.
+        self.stdin = None;
         async fn all(r: Option<SessionOutput>) -> Vec<u8> {
             let mut v = Vec::new();
             if let Some(mut r) = r {

@@ -634,16 +634,14 @@ async fn wait_closes_an_untaken_stdin_and_discards_untaken_output() {
 async fn output_collects_both_streams_and_the_status() {
     let (fake, agent) = agent(|mut c| async move {
         start(&mut c).await;
+        // Like `cat`: nothing until stdin ends, which output() must see to.
+        assert_eq!(next(&mut c).await, Frame::StdinEof);
         send(&mut c, Frame::Stdout("hi\n".into())).await;
         send(&mut c, Frame::Stderr("oops\n".into())).await;
         exit(&mut c, ExitStatus::exited(3)).await;
     });
-    let s = within(
-        fake.client()
-            .exec(&Command::shell("echo hi; echo oops >&2; exit 3")),
-    )
-    .await
-    .unwrap();
+    let cmd = Command::shell("cat >/dev/null; echo hi; echo oops >&2; exit 3").stdin(true);
+    let s = within(fake.client().exec(&cmd)).await.unwrap();
     let out = within(s.output()).await.unwrap();
     assert_eq!(out.stdout, b"hi\n");
     assert_eq!(out.stderr, b"oops\n");
