@@ -1,7 +1,7 @@
 //! `tether agent`: serve commands to clients on one or more endpoints.
 
 use crate::config::Config;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use tether_agent::{Agent, AgentConfig};
 use tether_transport::{Endpoint, Transport};
@@ -36,7 +36,7 @@ pub fn run(args: Args, config: Option<&Path>) -> Result<()> {
     };
     let token_file = args.token_file.or(cfg.agent.token_file.clone());
     let token = match &token_file {
-        Some(f) => Some(read_token(f)?),
+        Some(f) => Some(crate::token::read_token(f)?),
         None => None,
     };
     let allow_cids = if !args.allow_cids.is_empty() {
@@ -65,14 +65,4 @@ pub fn run(args: Args, config: Option<&Path>) -> Result<()> {
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })
-}
-
-fn read_token(path: &Path) -> Result<Vec<u8>> {
-    let raw =
-        std::fs::read(path).with_context(|| format!("reading token file {}", path.display()))?;
-    let token = raw.trim_ascii().to_vec();
-    if token.is_empty() {
-        bail!("token file {} is empty", path.display());
-    }
-    Ok(token)
 }

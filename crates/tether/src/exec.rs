@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::dial::DialArgs;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::future::Future;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -32,21 +32,10 @@ impl AgentArgs {
         let peer = self.dial.peer(uri, cfg)?;
         let mut client = Client::with_transport(self.dial.transport(cfg), peer);
         if let Some(f) = &self.token_file {
-            client = client.token(read_token(f)?);
+            client = client.token(crate::token::read_token(f)?);
         }
         Ok(client)
     }
-}
-
-/// The token in `path`, as `tether agent --token-file` reads it.
-fn read_token(path: &Path) -> Result<Vec<u8>> {
-    let raw =
-        std::fs::read(path).with_context(|| format!("reading token file {}", path.display()))?;
-    let token = raw.trim_ascii().to_vec();
-    if token.is_empty() {
-        bail!("token file {} is empty", path.display());
-    }
-    Ok(token)
 }
 
 /// Options of `tether exec`.
@@ -257,6 +246,9 @@ where
 async fn pipe<W: AsyncWrite + Unpin>(mut from: SessionOutput, mut to: W) -> std::io::Result<()> {
     while let Ok(Some(chunk)) = from.chunk().await {
         to.write_all(&chunk).await?;
+        // std's stdout under tokio's is line-buffered: a prompt without a newline would
+        // wait for the next line.
+        to.flush().await?;
     }
     to.flush().await
 }
@@ -393,9 +385,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("token");
         std::fs::write(&f, b"  s3cret\n").unwrap();
-        assert_eq!(read_token(&f).unwrap(), b"s3cret");
+        assert_eq!(crate::token::read_token(&f).unwrap(), b"s3cret");
         std::fs::write(&f, b"\n").unwrap();
-        assert!(format!("{:#}", read_token(&f).unwrap_err()).contains("empty"));
+        assert!(format!("{:#}", crate::token::read_token(&f).unwrap_err()).contains("empty"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

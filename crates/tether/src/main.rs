@@ -15,6 +15,7 @@ mod listen;
 mod ping;
 mod shell;
 mod stdio;
+mod token;
 
 /// Talk to virtual machines over vsock.
 #[derive(Parser)]
