@@ -80,6 +80,24 @@ impl Listener {
         })
     }
 
+    /// Accepts connections to `port` of a mux link this process runs itself (for
+    /// instance the guest end, on a socket it accepted); `local` names it in messages.
+    pub fn from_mux(
+        mux: &crate::mux::Mux,
+        port: u32,
+        local: Endpoint,
+    ) -> Result<Listener, TransportError> {
+        let l = mux.listen(port).map_err(|error| TransportError::Mux {
+            endpoint: local.to_string(),
+            error,
+        })?;
+        Ok(Listener {
+            inner: ListenInner::Mux(l, mux.clone()),
+            local,
+            _socket_file: None,
+        })
+    }
+
     /// The endpoint listened on; for `tcp://HOST:0`, with the port the system chose.
     pub fn local_endpoint(&self) -> &Endpoint {
         &self.local

@@ -96,7 +96,8 @@ enum Command {
         tether ping -c 1000 -s 1024 --json hybrid:///run/fc/v.sock:1024")]
     Ping(ping::Args),
     /// Run a host and a guest mux end over one link in this process: concurrent echo
-    /// connections with checksums and half-close, then throughput and round-trip figures.
+    /// connections with checksums and half-close, throughput and round-trip figures, then
+    /// commands through the agent over a mux link.
     Demo(demo::Args),
 }
 
