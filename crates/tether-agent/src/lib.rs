@@ -17,6 +17,7 @@
 
 mod auth;
 mod exec;
+pub mod init;
 mod reaper;
 mod session;
 mod spawn;

@@ -20,9 +20,20 @@ pub struct Args {
     /// A vsock CID allowed to connect; repeat for several [default: 2, the host].
     #[arg(long = "allow-cid", value_name = "CID")]
     pub allow_cids: Vec<u64>,
+    /// Act as the guest's init (PID 1): mount /proc, /sys, /dev, /dev/pts, /tmp, /run and
+    /// load the kernel modules listed in /etc/tether/modules before serving.
+    #[arg(long)]
+    pub init: bool,
+    /// Once listening, connect to URI and write `ready`, so a host waiting there knows
+    /// the agent is up (no fixed sleeps); e.g. vsock://2:1023.
+    #[arg(long, value_name = "URI")]
+    pub ready: Option<Endpoint>,
 }
 
 pub fn run(args: Args, config: Option<&Path>) -> Result<()> {
+    if args.init {
+        tether_agent::init::setup().context("setting up the guest as init")?;
+    }
     let cfg = Config::load(config)?;
     let listen = if !args.listen.is_empty() {
         args.listen
@@ -60,9 +71,35 @@ pub fn run(args: Args, config: Option<&Path>) -> Result<()> {
             let agent = agent.clone();
             serving.spawn(async move { agent.serve(listener).await });
         }
+        if let Some(ready) = &args.ready {
+            if let Err(e) = announce(ready).await {
+                // As init, exiting would panic the guest; keep serving whoever finds us.
+                eprintln!("tether: {e:#}");
+                if !args.init {
+                    return Err(e);
+                }
+            }
+        }
         tokio::select! {
             Some(r) = serving.join_next() => r.context("listener task")?.map_err(anyhow::Error::from),
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })
+}
+
+/// Tells the host the agent listens: a connection to `uri` carrying `ready`.
+async fn announce(uri: &Endpoint) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let transport = Transport::new(tether_transport::DialOptions {
+        retry: std::time::Duration::from_secs(30),
+        ..Default::default()
+    });
+    let mut s = transport
+        .dial(uri)
+        .await
+        .with_context(|| format!("announcing readiness to {uri}"))?;
+    s.write_all(format!("ready {}\n", env!("CARGO_PKG_VERSION")).as_bytes())
+        .await?;
+    s.shutdown().await?;
+    Ok(())
 }

@@ -16,6 +16,7 @@ mod ping;
 mod shell;
 mod stdio;
 mod token;
+mod vm;
 
 /// Talk to virtual machines over vsock.
 #[derive(Parser)]
@@ -95,6 +96,9 @@ enum Command {
         tether ping unix:///run/vm/agent.sock\n  \
         tether ping -c 1000 -s 1024 --json hybrid:///run/fc/v.sock:1024")]
     Ping(ping::Args),
+    /// Throwaway microVMs with the agent as PID 1.
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
     /// Run a host and a guest mux end over one link in this process: concurrent echo
     /// connections with checksums and half-close, throughput and round-trip figures, then
     /// commands through the agent over a mux link.
@@ -109,6 +113,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Vm(cmd) => vm::run(cmd),
         Command::Agent(args) => agent::run(args, cli.config.as_deref()).map(|()| ExitCode::SUCCESS),
         Command::Exec(args) => Ok(exec::main(args, cli.config.as_deref())),
         Command::Shell(args) => Ok(shell::main(args, cli.config.as_deref())),
@@ -152,7 +157,11 @@ async fn dispatch(command: Command, cfg: &config::Config) -> anyhow::Result<Exit
         Command::Listen(a) => listen::run(a, cfg).await,
         Command::Forward(a) => forward::run(a, cfg).await.map(|()| ExitCode::SUCCESS),
         Command::Ping(a) => ping::run(a, cfg).await,
-        Command::Demo(_) | Command::Agent(_) | Command::Exec(_) | Command::Shell(_) => {
+        Command::Demo(_)
+        | Command::Agent(_)
+        | Command::Exec(_)
+        | Command::Shell(_)
+        | Command::Vm(_) => {
             unreachable!("run their own runtimes")
         }
     }

@@ -1,0 +1,66 @@
+//! Duties of the agent when it is the guest's PID 1: the filesystems every program
+//! expects, the kernel modules the guest needs (vsock, virtio), and a host name.
+
+use nix::mount::{mount, MsFlags};
+use std::ffi::CString;
+use std::io;
+use std::path::Path;
+
+/// Where the initramfs lists the modules to load, one path per line, in order.
+pub const MODULES_LIST: &str = "/etc/tether/modules";
+
+/// Mounts /proc, /sys, /dev, /dev/pts, /tmp and /run; loads the listed modules; names
+/// the host. Failures of single steps are reported and skipped: a guest with fewer
+/// mounts still serves commands.
+pub fn setup() -> io::Result<()> {
+    let mounts: [(&str, &str, &str, &str); 6] = [
+        ("proc", "/proc", "proc", ""),
+        ("sysfs", "/sys", "sysfs", ""),
+        ("devtmpfs", "/dev", "devtmpfs", "mode=0755"),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            "gid=5,mode=620,ptmxmode=666",
+        ),
+        ("tmpfs", "/tmp", "tmpfs", "mode=1777"),
+        ("tmpfs", "/run", "tmpfs", "mode=0755"),
+    ];
+    for (src, target, fstype, data) in mounts {
+        let _ = std::fs::create_dir_all(target);
+        let data = (!data.is_empty()).then_some(data);
+        if let Err(e) = mount(Some(src), target, Some(fstype), MsFlags::empty(), data) {
+            if e != nix::errno::Errno::EBUSY {
+                eprintln!("tether init: mounting {target}: {e}");
+            }
+        }
+    }
+    // The pty multiplexer opens through /dev/ptmx, which devpts provides.
+    if !Path::new("/dev/ptmx").exists() {
+        let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
+    }
+    load_modules(Path::new(MODULES_LIST));
+    let _ = nix::unistd::sethostname("tether-vm");
+    Ok(())
+}
+
+fn load_modules(list: &Path) {
+    let Ok(text) = std::fs::read_to_string(list) else {
+        return;
+    };
+    for path in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let loaded = std::fs::File::open(path)
+            .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)))
+            .and_then(|f| {
+                nix::kmod::finit_module(
+                    &f,
+                    &CString::default(),
+                    nix::kmod::ModuleInitFlags::empty(),
+                )
+            });
+        match loaded {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => eprintln!("tether init: loading {path}: {e}"),
+        }
+    }
+}

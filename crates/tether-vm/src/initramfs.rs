@@ -1,0 +1,127 @@
+//! The guest's initramfs, built from host files and cached by content hash.
+
+use crate::cpio::Cpio;
+use crate::host::GUEST_MODULES;
+use crate::{VmError, AGENT_PORT, READY_PORT};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// The init script: tether becomes PID 1 (exec), sets the guest up and serves.
+fn init_script() -> String {
+    format!(
+        "#!/bin/busybox sh\nexec /bin/tether agent --init --listen vsock://:{AGENT_PORT} --ready vsock://2:{READY_PORT}\n"
+    )
+}
+
+/// Returns the path of an initramfs for these inputs, building it when not cached.
+pub fn build(tether: &Path, busybox: &Path, modules: &Path) -> Result<PathBuf, VmError> {
+    let read =
+        |p: &Path| std::fs::read(p).map_err(|e| VmError::Io(format!("reading {}", p.display()), e));
+    let tether_bin = read(tether)?;
+    let busybox_bin = read(busybox)?;
+    let mut mods = Vec::new();
+    for m in GUEST_MODULES {
+        let p = modules.join(m);
+        if p.exists() {
+            mods.push((format!("/lib/modules/{m}"), read(&p)?));
+        }
+    }
+    let script = init_script();
+    let mut h = Sha256::new();
+    h.update(&tether_bin);
+    h.update(&busybox_bin);
+    for (name, data) in &mods {
+        h.update(name.as_bytes());
+        h.update(data);
+    }
+    h.update(script.as_bytes());
+    let hash: String = h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let cache = cache_dir()?;
+    let path = cache.join(format!("initramfs-{hash}.cpio"));
+    if path.exists() {
+        return Ok(path);
+    }
+
+    let mut c = Cpio::default();
+    for d in [
+        "/bin",
+        "/sbin",
+        "/etc",
+        "/etc/tether",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/tmp",
+        "/run",
+        "/root",
+        "/lib",
+        "/lib/modules",
+        "/usr",
+        "/usr/bin",
+        "/usr/sbin",
+    ] {
+        c.dir(d, 0o755);
+    }
+    c.file("/init", 0o755, script.as_bytes());
+    c.file("/bin/busybox", 0o755, &busybox_bin);
+    c.file("/bin/tether", 0o755, &tether_bin);
+    for applet in applets(busybox) {
+        if applet != "busybox" {
+            c.symlink(&format!("/bin/{applet}"), "busybox");
+        }
+    }
+    let mut list = String::new();
+    for (name, data) in &mods {
+        let dir = Path::new(name)
+            .parent()
+            .expect("module paths have a directory");
+        let mut acc = PathBuf::from("/");
+        for part in dir.iter().skip(1) {
+            acc.push(part);
+            c.dir(&acc.to_string_lossy(), 0o755);
+        }
+        c.file(name, 0o644, data);
+        list.push_str(name);
+        list.push('\n');
+    }
+    c.file("/etc/tether/modules", 0o644, list.as_bytes());
+    c.file(
+        "/etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    );
+    c.file("/etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n");
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, c.finish())
+        .map_err(|e| VmError::Io(format!("writing {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, &path)
+        .map_err(|e| VmError::Io(format!("writing {}", path.display()), e))?;
+    Ok(path)
+}
+
+fn applets(busybox: &Path) -> Vec<String> {
+    std::process::Command::new(busybox)
+        .arg("--list")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn cache_dir() -> Result<PathBuf, VmError> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join("tether");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| VmError::Io(format!("creating {}", dir.display()), e))?;
+    Ok(dir)
+}

@@ -1,0 +1,366 @@
+//! Throwaway microVMs: QEMU, the host's kernel, an initramfs holding busybox and the
+//! statically linked tether agent as PID 1, and a vsock device through a vhost-user
+//! backend. The guest announces its agent with a guest-to-host connection, so nothing
+//! waits on a fixed sleep.
+
+mod cpio;
+pub mod host;
+mod initramfs;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tether_transport::{Endpoint, Transport};
+use thiserror::Error;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+
+/// The agent's port in the guest.
+pub const AGENT_PORT: u32 = 1024;
+/// The host port the guest announces readiness on.
+pub const READY_PORT: u32 = 1023;
+/// The guest's CID.
+pub const GUEST_CID: u32 = 3;
+
+/// Which accelerator QEMU uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM where a guest actually runs under it, TCG otherwise.
+    Auto,
+    /// Software emulation: slow, works everywhere.
+    Tcg,
+    /// Hardware virtualization.
+    Kvm,
+}
+
+/// How to build and boot the VM.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Accelerator.
+    pub accel: Accel,
+    /// The static tether binary for the guest; none means this executable.
+    pub guest_binary: Option<PathBuf>,
+    /// How long the boot may take to reach the agent.
+    pub boot_timeout: Duration,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            memory_mib: 256,
+            cpus: 1,
+            accel: Accel::Auto,
+            guest_binary: None,
+            boot_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// Why a VM could not be had.
+#[derive(Debug, Error)]
+pub enum VmError {
+    /// A host program or file is missing.
+    #[error("{what} is missing; install it with: {install}")]
+    Missing {
+        /// What.
+        what: String,
+        /// The exact command that installs it.
+        install: String,
+    },
+    /// The guest needs a tether without shared libraries.
+    #[error("{} is dynamically linked; the guest has no libraries. Build a static tether with \
+             RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu -p tether \
+             and pass --guest-binary target/x86_64-unknown-linux-gnu/release/tether", .0.display())]
+    NotStatic(PathBuf),
+    /// The agent did not announce itself in time.
+    #[error("the guest's agent did not come up within {after:?}; QEMU said:\n{console}")]
+    BootTimeout {
+        /// How long tether waited.
+        after: Duration,
+        /// The end of the guest console.
+        console: String,
+    },
+    /// QEMU or the backend exited during boot.
+    #[error("{what} exited during boot ({status}); output:\n{output}")]
+    Exited {
+        /// Which program.
+        what: &'static str,
+        /// Its status.
+        status: String,
+        /// The end of its output.
+        output: String,
+    },
+    /// A file or process operation failed.
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    /// Listening for the guest failed.
+    #[error(transparent)]
+    Transport(#[from] tether_transport::TransportError),
+}
+
+/// A running microVM; dropping it powers the VM off and removes its files.
+pub struct Vm {
+    dir: PathBuf,
+    qemu: Child,
+    backend: Child,
+    endpoint: Endpoint,
+    boot: Duration,
+    accel: Accel,
+}
+
+impl Vm {
+    /// Builds (or reuses) the initramfs, starts the vsock backend and QEMU, and waits for
+    /// the agent's announcement.
+    pub async fn start(config: &VmConfig) -> Result<Vm, VmError> {
+        let started = Instant::now();
+        let qemu = host::qemu()?;
+        let (kernel, modules) = host::kernel()?;
+        let backend_bin = host::vhost_device_vsock()?;
+        let guest = host::guest_binary(config.guest_binary.as_deref())?;
+        let initrd = initramfs::build(&guest, &host::busybox()?, &modules)?;
+        let accels: &[Accel] = match config.accel {
+            Accel::Auto if kvm_usable() => &[Accel::Kvm, Accel::Tcg],
+            Accel::Auto => &[Accel::Tcg],
+            a @ (Accel::Tcg | Accel::Kvm) => std::slice::from_ref(match a {
+                Accel::Tcg => &Accel::Tcg,
+                _ => &Accel::Kvm,
+            }),
+        };
+        let mut last = None;
+        for (i, accel) in accels.iter().enumerate() {
+            // KVM is given a short first chance: on nested hosts it opens but hangs.
+            let limit = if i + 1 < accels.len() {
+                Duration::from_secs(15)
+            } else {
+                config.boot_timeout
+            };
+            match boot(config, *accel, limit, &qemu, &kernel, &initrd, &backend_bin).await {
+                Ok(mut vm) => {
+                    vm.boot = started.elapsed();
+                    return Ok(vm);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one accelerator"))
+    }
+
+    /// The agent's endpoint, for `tether_client`.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// From `start` being called to the agent's announcement.
+    pub fn boot_time(&self) -> Duration {
+        self.boot
+    }
+
+    /// The accelerator the VM runs under.
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    /// Where the VM's sockets and logs live.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Powers the VM off and removes its files.
+    pub async fn stop(mut self) {
+        let _ = self.qemu.kill().await;
+        let _ = self.backend.kill().await;
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.qemu.start_kill();
+        let _ = self.backend.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether /dev/kvm can be opened at all (whether a guest then runs is tried by booting).
+fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+fn scratch_dir() -> Result<PathBuf, VmError> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tether-vm-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| VmError::Io(format!("creating {}", dir.display()), e))?;
+    Ok(dir)
+}
+
+async fn boot(
+    config: &VmConfig,
+    accel: Accel,
+    limit: Duration,
+    qemu: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    backend_bin: &Path,
+) -> Result<Vm, VmError> {
+    let dir = scratch_dir()?;
+    let vhost = dir.join("vhost.sock");
+    let uds = dir.join("v.sock");
+    let console = dir.join("console.log");
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |e| VmError::Io(what, e)
+    };
+    let backend = Command::new(backend_bin)
+        .args(["--guest-cid", &GUEST_CID.to_string()])
+        .arg("--socket")
+        .arg(&vhost)
+        .arg("--uds-path")
+        .arg(&uds)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("backend.log")).map_err(io("backend log"))?)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(io("starting vhost-device-vsock"))?;
+    let mut backend = backend;
+    wait_for_path(&vhost, &mut backend, &dir.join("backend.log")).await?;
+
+    let ready_ep = Endpoint::Hybrid {
+        path: uds.clone(),
+        port: READY_PORT,
+    };
+    let mut ready = Transport::default().bind(&ready_ep).await?;
+    let mem = config.memory_mib;
+    let accel_arg = match accel {
+        Accel::Kvm => "kvm",
+        _ => "tcg",
+    };
+    let mut qemu_cmd = Command::new(qemu);
+    qemu_cmd
+        .args([
+            "-accel",
+            accel_arg,
+            "-cpu",
+            "max",
+            "-smp",
+            &config.cpus.to_string(),
+        ])
+        .args([
+            "-m",
+            &format!("{mem}M"),
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+        ])
+        .args(["-serial", &format!("file:{}", console.display())])
+        .arg("-object")
+        .arg(format!("memory-backend-memfd,id=mem,size={mem}M,share=on"))
+        .args(["-machine", "q35,memory-backend=mem"])
+        .arg("-chardev")
+        .arg(format!("socket,id=vsock0,path={}", vhost.display()))
+        .args(["-device", "vhost-user-vsock-pci,chardev=vsock0"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("qemu.log")).map_err(io("qemu log"))?)
+        .kill_on_drop(true);
+    let mut qemu = qemu_cmd.spawn().map_err(io("starting QEMU"))?;
+
+    let announced = tokio::time::timeout(limit, async {
+        tokio::select! {
+            s = ready.accept() => {
+                let mut s = s?;
+                let mut line = String::new();
+                let _ = s.read_to_string(&mut line).await;
+                Ok(Some(line))
+            }
+            // QEMU ending before the announcement is a failed boot.
+            _ = qemu.wait() => Ok::<_, VmError>(None),
+        }
+    })
+    .await;
+    match announced {
+        Ok(Ok(Some(line))) if line.starts_with("ready") => Ok(Vm {
+            endpoint: Endpoint::Hybrid {
+                path: uds,
+                port: AGENT_PORT,
+            },
+            dir,
+            qemu,
+            backend,
+            boot: Duration::ZERO,
+            accel,
+        }),
+        Ok(Ok(_)) => {
+            let output = tail(&console) + &tail(&dir.join("qemu.log"));
+            let status = qemu
+                .try_wait()
+                .ok()
+                .flatten()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "no announcement".into());
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(VmError::Exited {
+                what: "QEMU",
+                status,
+                output,
+            })
+        }
+        Ok(Err(e)) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(e)
+        }
+        Err(_) => {
+            let console_text = tail(&console) + &tail(&dir.join("qemu.log"));
+            let _ = qemu.kill().await;
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(VmError::BootTimeout {
+                after: limit,
+                console: console_text,
+            })
+        }
+    }
+}
+
+async fn wait_for_path(path: &Path, backend: &mut Child, log: &Path) -> Result<(), VmError> {
+    for _ in 0..500 {
+        if path.exists() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = backend.try_wait() {
+            return Err(VmError::Exited {
+                what: "vhost-device-vsock",
+                status: status.to_string(),
+                output: tail(log),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(VmError::Exited {
+        what: "vhost-device-vsock",
+        status: "never created its socket".into(),
+        output: tail(log),
+    })
+}
+
+/// The last 40 lines of a log.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(40);
+    lines[from..].join("\n") + "\n"
+}
