@@ -115,7 +115,8 @@ fn applets(busybox: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn cache_dir() -> Result<PathBuf, VmError> {
+/// tether's cache directory.
+pub fn cache_dir() -> Result<PathBuf, VmError> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))

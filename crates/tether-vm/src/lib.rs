@@ -123,7 +123,7 @@ impl Vm {
         let guest = host::guest_binary(config.guest_binary.as_deref())?;
         let initrd = initramfs::build(&guest, &host::busybox()?, &modules)?;
         let accels: &[Accel] = match config.accel {
-            Accel::Auto if kvm_usable() => &[Accel::Kvm, Accel::Tcg],
+            Accel::Auto if kvm_usable() && !kvm_known_to_hang() => &[Accel::Kvm, Accel::Tcg],
             Accel::Auto => &[Accel::Tcg],
             a @ (Accel::Tcg | Accel::Kvm) => std::slice::from_ref(match a {
                 Accel::Tcg => &Accel::Tcg,
@@ -143,7 +143,13 @@ impl Vm {
                     vm.boot = started.elapsed();
                     return Ok(vm);
                 }
-                Err(e) => last = Some(e),
+                Err(e) => {
+                    if *accel == Accel::Kvm && i + 1 < accels.len() {
+                        tracing::info!("KVM did not reach the agent in time; using TCG");
+                        remember_kvm_hangs();
+                    }
+                    last = Some(e)
+                }
             }
         }
         Err(last.expect("at least one accelerator"))
@@ -191,6 +197,27 @@ fn kvm_usable() -> bool {
         .write(true)
         .open("/dev/kvm")
         .is_ok()
+}
+
+/// Where the verdict "KVM opens but its guests hang" is kept for this boot of the host,
+/// so only the first VM pays for finding out.
+fn kvm_verdict_file() -> Option<PathBuf> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(
+        initramfs::cache_dir()
+            .ok()?
+            .join(format!("kvm-hangs-{}", boot.trim())),
+    )
+}
+
+fn kvm_known_to_hang() -> bool {
+    kvm_verdict_file().is_some_and(|f| f.exists())
+}
+
+fn remember_kvm_hangs() {
+    if let Some(f) = kvm_verdict_file() {
+        let _ = std::fs::write(f, "KVM guests did not reach the agent; TCG is used\n");
+    }
 }
 
 fn scratch_dir() -> Result<PathBuf, VmError> {

@@ -1,0 +1,244 @@
+//! End to end in a real Linux guest: one throwaway microVM (QEMU, the host's kernel, the
+//! static tether agent as PID 1, vhost-device-vsock), driven through the tether CLI as a
+//! user would. scripts/test installs QEMU, the kernel, busybox and vhost-device-vsock,
+//! builds the static guest binary and names it in TETHER_GUEST_BIN.
+
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+use tether_vm::{Vm, VmConfig};
+
+fn tether() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tether"));
+    c.env_remove("TETHER_CONFIG").env("HOME", "/nonexistent");
+    c
+}
+
+fn run(args: &[&str], input: &[u8]) -> Output {
+    let mut child = tether()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let w = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    w.join().unwrap();
+    out
+}
+
+struct Bg(Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a long-running tether command; returns it with the first line of its stderr.
+fn background(args: &[&str]) -> (Bg, String) {
+    let mut child = tether()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().map(|l| l.unwrap()).unwrap_or_default();
+    std::thread::spawn(move || for _ in lines {});
+    (Bg(child), first)
+}
+
+fn guest_binary() -> PathBuf {
+    let p = std::env::var_os("TETHER_GUEST_BIN").map(PathBuf::from).expect(
+        "TETHER_GUEST_BIN must name a static tether (scripts/test builds one: \
+         RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu -p tether)",
+    );
+    assert!(
+        p.is_file(),
+        "TETHER_GUEST_BIN={} does not exist",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn a_real_guest_runs_commands_and_carries_connections_both_ways() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = VmConfig {
+        guest_binary: Some(guest_binary()),
+        ..VmConfig::default()
+    };
+    let vm = rt.block_on(Vm::start(&config)).expect("the microVM boots");
+    let agent = vm.endpoint().to_string();
+    let uds = match vm.endpoint() {
+        tether_transport::Endpoint::Hybrid { path, .. } => path.clone(),
+        other => panic!("{other}"),
+    };
+    eprintln!("guest up under {:?} in {:?}", vm.accel(), vm.boot_time());
+
+    // Exec: streams apart, exit codes, signals.
+    let out = run(
+        &[
+            "exec",
+            &agent,
+            "--",
+            "sh",
+            "-c",
+            "echo out; uname -r >&2; exit 7",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(out.stdout, b"out\n");
+    let host_release = nix::sys::utsname::uname().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("-amd64"),
+        "{:?} on {:?}",
+        out.stderr,
+        host_release.release()
+    );
+    let out = run(&["exec", &agent, "--", "sh", "-c", "kill -TERM $$"], b"");
+    assert_eq!(out.status.code(), Some(143));
+    let out = run(
+        &["exec", "--timeout", "1s", &agent, "--", "sleep", "60"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(143));
+
+    // Stdin with EOF, checksummed through the guest.
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let out = run(&["exec", "-i", &agent, "--", "sha256sum"], &data);
+    let hex: String = Sha256::digest(&data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{hex}  -\n"));
+
+    // Output of many megabytes, whole.
+    let out = run(
+        &[
+            "exec",
+            &agent,
+            "--",
+            "sh",
+            "-c",
+            "head -c 50000000 /dev/zero",
+        ],
+        b"",
+    );
+    assert_eq!(out.stdout.len(), 50_000_000);
+
+    // A terminal, and users.
+    let out = run(
+        &["exec", "-t", &agent, "--", "sh", "-c", "stty size; tty"],
+        b"",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("24 80") && text.contains("/dev/pts/"),
+        "{text:?}"
+    );
+    let out = run(
+        &["exec", "-u", "65534:65534", &agent, "--", "id", "-u"],
+        b"",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "65534");
+    let out = run(&["exec", "-u", "nobody", &agent, "--", "id", "-un"], b"");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "nobody",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Guest to host: the guest dials CID 2, the device connects to <uds>_<port>. The
+    // host side reads one line before it answers anything: vhost-device-vsock has no
+    // half-close, so a host side that ends its sending direction first ends the whole
+    // connection.
+    let host_ep = format!("hybrid://{}:5000", uds.display());
+    let got = uds.with_file_name("from-guest.txt");
+    let (_host_listener, first) = background(&[
+        "listen",
+        "--exec",
+        &format!("head -n 1 > {}", got.display()),
+        &host_ep,
+    ]);
+    assert!(first.contains("listening"), "{first}");
+    let out = run(
+        &[
+            "exec",
+            "--timeout",
+            "20s",
+            &agent,
+            "--",
+            "sh",
+            "-c",
+            "echo from-the-guest | tether cat vsock://2:5000",
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&got).unwrap(), "from-the-guest\n");
+
+    // Host to guest: a tether listener in the guest, reached by hybrid dial and through
+    // `tether forward` on the host (replies read before closing, for the same reason).
+    let (_guest_listener, _) = background(&[
+        "exec",
+        &agent,
+        "--",
+        "tether",
+        "listen",
+        "--keep",
+        "--exec",
+        "tr a-z A-Z",
+        "vsock://:6000",
+    ]);
+    let guest_port: tether_transport::Endpoint =
+        format!("hybrid://{}:6000", uds.display()).parse().unwrap();
+    let reply = rt.block_on(async {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let t = tether_transport::Transport::new(tether_transport::DialOptions {
+            retry: Duration::from_secs(20),
+            ..Default::default()
+        });
+        let mut s = tokio::io::BufReader::new(t.dial(&guest_port).await.unwrap());
+        s.get_mut().write_all(b"shout\n").await.unwrap();
+        let mut line = String::new();
+        s.read_line(&mut line).await.unwrap();
+        line
+    });
+    assert_eq!(reply, "SHOUT\n");
+    let (_fwd, first) = background(&["forward", "tcp://127.0.0.1:0", &guest_port.to_string()]);
+    let port: u16 = first
+        .split_whitespace()
+        .nth(2)
+        .and_then(|ep| ep.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or_else(|| panic!("{first}"));
+    let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    (&c).write_all(b"through forward\n").unwrap();
+    let mut reply = String::new();
+    BufReader::new(&c).read_line(&mut reply).unwrap();
+    assert_eq!(reply, "THROUGH FORWARD\n");
+
+    rt.block_on(vm.stop());
+}
