@@ -40,8 +40,28 @@ pub fn setup() -> io::Result<()> {
         let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
     }
     load_modules(Path::new(MODULES_LIST));
+    name_virtio_ports();
     let _ = nix::unistd::sethostname("tether-vm");
     Ok(())
+}
+
+/// Links `/dev/virtio-ports/NAME` to each named virtio-serial port, as udev would, so
+/// `mux+serial:///dev/virtio-ports/NAME:PORT` works without udev.
+fn name_virtio_ports() {
+    let Ok(ports) = std::fs::read_dir("/sys/class/virtio-ports") else {
+        return;
+    };
+    let _ = std::fs::create_dir_all("/dev/virtio-ports");
+    for port in ports.flatten() {
+        let Ok(name) = std::fs::read_to_string(port.path().join("name")) else {
+            continue;
+        };
+        let name = name.trim();
+        if !name.is_empty() {
+            let dev = format!("../{}", port.file_name().to_string_lossy());
+            let _ = std::os::unix::fs::symlink(dev, format!("/dev/virtio-ports/{name}"));
+        }
+    }
 }
 
 fn load_modules(list: &Path) {

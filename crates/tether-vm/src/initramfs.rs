@@ -2,14 +2,21 @@
 
 use crate::cpio::Cpio;
 use crate::host::GUEST_MODULES;
-use crate::{VmError, AGENT_PORT, READY_PORT};
+use crate::{VmError, AGENT_PORT, READY_PORT, SERIAL_PORT_NAME};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-/// The init script: tether becomes PID 1 (exec), sets the guest up and serves.
+/// The init script: tether becomes PID 1 (exec), sets the guest up and serves, on vsock
+/// or, when the kernel passes `serial` (after `--` on its command line), on the mux over
+/// the virtio-serial port named `tether`.
 fn init_script() -> String {
     format!(
-        "#!/bin/busybox sh\nexec /bin/tether agent --init --listen vsock://:{AGENT_PORT} --ready vsock://2:{READY_PORT}\n"
+        "#!/bin/busybox sh\n\
+         if [ \"$1\" = serial ]; then\n\
+         \tport=mux+serial:///dev/virtio-ports/{SERIAL_PORT_NAME}\n\
+         \texec /bin/tether agent --init --listen $port:{AGENT_PORT} --ready $port:{READY_PORT}\n\
+         fi\n\
+         exec /bin/tether agent --init --listen vsock://:{AGENT_PORT} --ready vsock://2:{READY_PORT}\n"
     )
 }
 

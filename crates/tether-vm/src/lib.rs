@@ -21,6 +21,8 @@ pub const AGENT_PORT: u32 = 1024;
 pub const READY_PORT: u32 = 1023;
 /// The guest's CID.
 pub const GUEST_CID: u32 = 3;
+/// The name of the virtio-serial port that carries the mux.
+pub const SERIAL_PORT_NAME: &str = "tether";
 
 /// Which accelerator QEMU uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +48,8 @@ pub struct VmConfig {
     pub guest_binary: Option<PathBuf>,
     /// How long the boot may take to reach the agent.
     pub boot_timeout: Duration,
+    /// Reach the agent through the mux over a virtio-serial port instead of vsock.
+    pub serial: bool,
 }
 
 impl Default for VmConfig {
@@ -56,6 +60,7 @@ impl Default for VmConfig {
             accel: Accel::Auto,
             guest_binary: None,
             boot_timeout: Duration::from_secs(90),
+            serial: false,
         }
     }
 }
@@ -106,7 +111,8 @@ pub enum VmError {
 pub struct Vm {
     dir: PathBuf,
     qemu: Child,
-    backend: Child,
+    backend: Option<Child>,
+    transport: Transport,
     endpoint: Endpoint,
     boot: Duration,
     accel: Accel,
@@ -160,6 +166,12 @@ impl Vm {
         &self.endpoint
     }
 
+    /// The transport to dial the agent with: for a serial VM it holds the one mux link
+    /// QEMU's chardev socket accepts, so dial through this, not a new transport.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
     /// From `start` being called to the agent's announcement.
     pub fn boot_time(&self) -> Duration {
         self.boot
@@ -178,15 +190,19 @@ impl Vm {
     /// Powers the VM off and removes its files.
     pub async fn stop(mut self) {
         let _ = self.qemu.kill().await;
-        let _ = self.backend.kill().await;
+        if let Some(b) = &mut self.backend {
+            let _ = b.kill().await;
+        }
     }
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.qemu.start_kill();
-        let _ = self.backend.start_kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(b) = &mut self.backend {
+            let _ = b.start_kill();
+        }
+        discard(&self.dir);
     }
 }
 
@@ -220,6 +236,15 @@ fn remember_kvm_hangs() {
     }
 }
 
+/// Removes a VM's files, unless TETHER_VM_KEEP asks to keep them for a post-mortem.
+fn discard(dir: &Path) {
+    if std::env::var_os("TETHER_VM_KEEP").is_some() {
+        eprintln!("tether: kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 fn scratch_dir() -> Result<PathBuf, VmError> {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -247,26 +272,40 @@ async fn boot(
         let what = what.to_string();
         move |e| VmError::Io(what, e)
     };
-    let backend = Command::new(backend_bin)
-        .args(["--guest-cid", &GUEST_CID.to_string()])
-        .arg("--socket")
-        .arg(&vhost)
-        .arg("--uds-path")
-        .arg(&uds)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("backend.log")).map_err(io("backend log"))?)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(io("starting vhost-device-vsock"))?;
-    let mut backend = backend;
-    wait_for_path(&vhost, &mut backend, &dir.join("backend.log")).await?;
-
-    let ready_ep = Endpoint::Hybrid {
-        path: uds.clone(),
-        port: READY_PORT,
+    let serial_sock = dir.join("serial.sock");
+    let transport = Transport::default();
+    let (backend, ready_ep, agent_ep) = if config.serial {
+        let at = |port| Endpoint::MuxUnix {
+            path: serial_sock.clone(),
+            port,
+        };
+        (None, at(READY_PORT), at(AGENT_PORT))
+    } else {
+        let mut backend = Command::new(backend_bin)
+            .args(["--guest-cid", &GUEST_CID.to_string()])
+            .arg("--socket")
+            .arg(&vhost)
+            .arg("--uds-path")
+            .arg(&uds)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("backend.log")).map_err(io("backend log"))?)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io("starting vhost-device-vsock"))?;
+        wait_for_path(
+            &vhost,
+            &mut backend,
+            "vhost-device-vsock",
+            &dir.join("backend.log"),
+        )
+        .await?;
+        let at = |port| Endpoint::Hybrid {
+            path: uds.clone(),
+            port,
+        };
+        (Some(backend), at(READY_PORT), at(AGENT_PORT))
     };
-    let mut ready = Transport::default().bind(&ready_ep).await?;
     let mem = config.memory_mib;
     let accel_arg = match accel {
         Accel::Kvm => "kvm",
@@ -293,19 +332,30 @@ async fn boot(
         .arg("-object")
         .arg(format!("memory-backend-memfd,id=mem,size={mem}M,share=on"))
         .args(["-machine", "q35,memory-backend=mem"])
-        .arg("-chardev")
-        .arg(format!("socket,id=vsock0,path={}", vhost.display()))
-        .args(["-device", "vhost-user-vsock-pci,chardev=vsock0"])
+        .args(device_args(config.serial, &vhost, &serial_sock))
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"])
+        .args([
+            "-append",
+            if config.serial {
+                "console=ttyS0 quiet panic=-1 rdinit=/init -- serial"
+            } else {
+                "console=ttyS0 quiet panic=-1 rdinit=/init"
+            },
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("qemu.log")).map_err(io("qemu log"))?)
         .kill_on_drop(true);
     let mut qemu = qemu_cmd.spawn().map_err(io("starting QEMU"))?;
+    // The chardev socket exists once QEMU runs; the mux link (and the listener for the
+    // announcement) can only open then.
+    if config.serial {
+        wait_for_path(&serial_sock, &mut qemu, "QEMU", &dir.join("qemu.log")).await?;
+    }
+    let mut ready = transport.bind(&ready_ep).await?;
 
     let announced = tokio::time::timeout(limit, async {
         tokio::select! {
@@ -322,10 +372,8 @@ async fn boot(
     .await;
     match announced {
         Ok(Ok(Some(line))) if line.starts_with("ready") => Ok(Vm {
-            endpoint: Endpoint::Hybrid {
-                path: uds,
-                port: AGENT_PORT,
-            },
+            endpoint: agent_ep,
+            transport,
             dir,
             qemu,
             backend,
@@ -340,7 +388,7 @@ async fn boot(
                 .flatten()
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| "no announcement".into());
-            let _ = std::fs::remove_dir_all(&dir);
+            discard(&dir);
             Err(VmError::Exited {
                 what: "QEMU",
                 status,
@@ -348,13 +396,13 @@ async fn boot(
             })
         }
         Ok(Err(e)) => {
-            let _ = std::fs::remove_dir_all(&dir);
+            discard(&dir);
             Err(e)
         }
         Err(_) => {
             let console_text = tail(&console) + &tail(&dir.join("qemu.log"));
             let _ = qemu.kill().await;
-            let _ = std::fs::remove_dir_all(&dir);
+            discard(&dir);
             Err(VmError::BootTimeout {
                 after: limit,
                 console: console_text,
@@ -363,14 +411,43 @@ async fn boot(
     }
 }
 
-async fn wait_for_path(path: &Path, backend: &mut Child, log: &Path) -> Result<(), VmError> {
+/// The vsock device, or the virtio-serial port named `tether` on a chardev socket.
+fn device_args(serial: bool, vhost: &Path, serial_sock: &Path) -> Vec<String> {
+    if serial {
+        vec![
+            "-device".into(),
+            "virtio-serial-pci".into(),
+            "-chardev".into(),
+            format!(
+                "socket,id=ser0,path={},server=on,wait=off",
+                serial_sock.display()
+            ),
+            "-device".into(),
+            format!("virtserialport,chardev=ser0,name={SERIAL_PORT_NAME}"),
+        ]
+    } else {
+        vec![
+            "-chardev".into(),
+            format!("socket,id=vsock0,path={}", vhost.display()),
+            "-device".into(),
+            "vhost-user-vsock-pci,chardev=vsock0".into(),
+        ]
+    }
+}
+
+async fn wait_for_path(
+    path: &Path,
+    owner: &mut Child,
+    what: &'static str,
+    log: &Path,
+) -> Result<(), VmError> {
     for _ in 0..500 {
         if path.exists() {
             return Ok(());
         }
-        if let Ok(Some(status)) = backend.try_wait() {
+        if let Ok(Some(status)) = owner.try_wait() {
             return Err(VmError::Exited {
-                what: "vhost-device-vsock",
+                what,
                 status: status.to_string(),
                 output: tail(log),
             });
@@ -378,7 +455,7 @@ async fn wait_for_path(path: &Path, backend: &mut Child, log: &Path) -> Result<(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Err(VmError::Exited {
-        what: "vhost-device-vsock",
+        what,
         status: "never created its socket".into(),
         output: tail(log),
     })

@@ -63,7 +63,12 @@ pub fn run(args: Args, config: Option<&Path>) -> Result<()> {
         .build()?;
     rt.block_on(async move {
         let agent = Agent::new(AgentConfig { token, allow_cids })?;
-        let transport = Transport::default();
+        // One transport for listening and announcing: a serial port opens only once, so
+        // both must share its mux link. Its retry window is the announcement's patience.
+        let transport = Transport::new(tether_transport::DialOptions {
+            retry: std::time::Duration::from_secs(30),
+            ..Default::default()
+        });
         let mut serving = tokio::task::JoinSet::new();
         for ep in &listen {
             let listener = transport.bind(ep).await?;
@@ -72,7 +77,7 @@ pub fn run(args: Args, config: Option<&Path>) -> Result<()> {
             serving.spawn(async move { agent.serve(listener).await });
         }
         if let Some(ready) = &args.ready {
-            if let Err(e) = announce(ready).await {
+            if let Err(e) = announce(&transport, ready).await {
                 // As init, exiting would panic the guest; keep serving whoever finds us.
                 eprintln!("tether: {e:#}");
                 if !args.init {
@@ -88,12 +93,8 @@ pub fn run(args: Args, config: Option<&Path>) -> Result<()> {
 }
 
 /// Tells the host the agent listens: a connection to `uri` carrying `ready`.
-async fn announce(uri: &Endpoint) -> Result<()> {
+async fn announce(transport: &Transport, uri: &Endpoint) -> Result<()> {
     use tokio::io::AsyncWriteExt;
-    let transport = Transport::new(tether_transport::DialOptions {
-        retry: std::time::Duration::from_secs(30),
-        ..Default::default()
-    });
     let mut s = transport
         .dial(uri)
         .await

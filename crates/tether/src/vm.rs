@@ -41,6 +41,9 @@ pub struct RunArgs {
     /// The vsock device backend.
     #[arg(long, value_enum, default_value = "vhost-device-vsock")]
     pub vsock: VsockArg,
+    /// Reach the agent through the mux over a virtio-serial port instead of vsock.
+    #[arg(long)]
+    pub serial: bool,
     /// Copy stdin to the command.
     #[arg(short, long)]
     pub interactive: bool,
@@ -65,7 +68,8 @@ pub enum VmCommand {
     #[command(after_help = "Examples:\n  \
         tether vm run -- uname -a\n  \
         echo hi | tether vm run -i -- tr a-z A-Z\n  \
-        tether vm run -it -- sh")]
+        tether vm run -it -- sh\n  \
+        tether vm run --serial -- cat /proc/cmdline      the agent over the mux on virtio-serial")]
     Run(RunArgs),
 }
 
@@ -94,6 +98,7 @@ async fn run_in_vm(args: RunArgs) -> Result<ExitCode> {
             AccelArg::Kvm => Accel::Kvm,
         },
         guest_binary: args.guest_binary.clone(),
+        serial: args.serial,
         ..VmConfig::default()
     };
     let vm = Vm::start(&config).await.context("starting the microVM")?;
@@ -105,7 +110,8 @@ async fn run_in_vm(args: RunArgs) -> Result<ExitCode> {
             vm.boot_time()
         );
     }
-    let client = Client::new(Peer::new([vm.endpoint().clone()]));
+    // The VM's own transport: over serial it holds the one link QEMU's socket accepts.
+    let client = Client::with_transport(vm.transport().clone(), Peer::new([vm.endpoint().clone()]));
     let mut command = Command::new(&args.command[0]).args(&args.command[1..]);
     command = command.stdin(args.interactive);
     let code = run_session(&client, command, args.interactive, args.tty).await;

@@ -241,4 +241,54 @@ fn a_real_guest_runs_commands_and_carries_connections_both_ways() {
     assert_eq!(reply, "THROUGH FORWARD\n");
 
     rt.block_on(vm.stop());
+
+    // The same agent reached through the mux over a virtio-serial port (no vsock device
+    // at all), with the client on the VM's transport, which holds the one link.
+    let config = VmConfig {
+        serial: true,
+        ..config
+    };
+    let vm = rt
+        .block_on(Vm::start(&config))
+        .expect("the serial microVM boots");
+    assert!(matches!(
+        vm.endpoint(),
+        tether_transport::Endpoint::MuxUnix { .. }
+    ));
+    let client = tether_client::Client::with_transport(
+        vm.transport().clone(),
+        tether_transport::Peer::new([vm.endpoint().clone()]),
+    );
+    rt.block_on(async {
+        let cmd = tether_client::Command::shell(
+            "echo over-serial; echo err >&2; head -c 3000000 /dev/zero | wc -c; exit 4",
+        );
+        let out = client.exec(&cmd).await.unwrap().output().await.unwrap();
+        assert_eq!(out.status.code, Some(4));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "over-serial\n3000000\n"
+        );
+        assert_eq!(out.stderr, b"err\n");
+        // Several sessions at once share the one serial line.
+        let runs = (0..8).map(|i| {
+            let client = &client;
+            async move {
+                let cmd = tether_client::Command::shell(format!("echo {i}"));
+                client
+                    .exec(&cmd)
+                    .await
+                    .unwrap()
+                    .output()
+                    .await
+                    .unwrap()
+                    .stdout
+            }
+        });
+        let outs = futures::future::join_all(runs).await;
+        for (i, o) in outs.iter().enumerate() {
+            assert_eq!(String::from_utf8_lossy(o), format!("{i}\n"));
+        }
+    });
+    rt.block_on(vm.stop());
 }
