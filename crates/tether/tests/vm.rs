@@ -178,6 +178,8 @@ fn a_real_guest_runs_commands_and_carries_connections_both_ways() {
         &host_ep,
     ]);
     assert!(first.contains("listening"), "{first}");
+    // The guest's `tether cat` may end with a reset rather than EOF: when the host side
+    // closes, vhost-device-vsock resets the whole connection. The line still arrives.
     let out = run(
         &[
             "exec",
@@ -192,8 +194,9 @@ fn a_real_guest_runs_commands_and_carries_connections_both_ways() {
         b"",
     );
     assert!(
-        out.status.success(),
-        "{}",
+        matches!(out.status.code(), Some(0 | 1)),
+        "{:?} {}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(std::fs::read_to_string(&got).unwrap(), "from-the-guest\n");
