@@ -295,3 +295,58 @@ fn a_real_guest_runs_commands_and_carries_connections_both_ways() {
     });
     rt.block_on(vm.stop());
 }
+
+#[test]
+fn a_started_vm_serves_until_stopped() {
+    let runtime = std::env::temp_dir().join(format!("tether-vm-state-{}", std::process::id()));
+    std::fs::create_dir_all(&runtime).unwrap();
+    let guest = guest_binary();
+    let cmd = |args: &[&str]| {
+        let mut c = tether();
+        c.env("XDG_RUNTIME_DIR", &runtime).args(args);
+        c.output().unwrap()
+    };
+    let out = cmd(&[
+        "vm",
+        "start",
+        "--name",
+        "t",
+        "--guest-binary",
+        guest.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ep = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(
+        String::from_utf8(cmd(&["vm", "endpoint", "t"]).stdout)
+            .unwrap()
+            .trim(),
+        ep
+    );
+    let out = cmd(&["exec", &ep, "--", "cat", "/proc/1/comm"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "tether\n");
+    let again = cmd(&[
+        "vm",
+        "start",
+        "--name",
+        "t",
+        "--guest-binary",
+        guest.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already started"));
+    assert!(cmd(&["vm", "stop", "t"]).status.success());
+    assert!(
+        !runtime.join("tether-vms/t").exists(),
+        "stop removes the VM's state"
+    );
+    let out = cmd(&["exec", &ep, "--", "true"]);
+    assert_eq!(
+        out.status.code(),
+        Some(255),
+        "the agent is gone with its VM"
+    );
+    let _ = std::fs::remove_dir_all(&runtime);
+}
