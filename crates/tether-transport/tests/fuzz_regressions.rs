@@ -35,3 +35,20 @@ fn mux_link_generated_inputs() {
         fuzz_mux_link::run(&input);
     }
 }
+
+#[path = "support/fuzz_endpoint.rs"]
+mod fuzz_endpoint;
+
+#[test]
+fn endpoint_regressions_and_seeds() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fuzz/regressions/endpoint"
+    );
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).expect("regression directory exists") {
+        fuzz_endpoint::run(&std::fs::read(entry.unwrap().path()).unwrap());
+        count += 1;
+    }
+    assert!(count > 0, "no inputs in {dir}");
+}
