@@ -21,7 +21,13 @@ fn init_script() -> String {
 }
 
 /// Returns the path of an initramfs for these inputs, building it when not cached.
-pub fn build(tether: &Path, busybox: &Path, modules: &Path) -> Result<PathBuf, VmError> {
+/// `extras` are host programs copied in with the shared libraries they load.
+pub fn build(
+    tether: &Path,
+    busybox: &Path,
+    modules: &Path,
+    extras: &[PathBuf],
+) -> Result<PathBuf, VmError> {
     let read =
         |p: &Path| std::fs::read(p).map_err(|e| VmError::Io(format!("reading {}", p.display()), e));
     let tether_bin = read(tether)?;
@@ -33,8 +39,21 @@ pub fn build(tether: &Path, busybox: &Path, modules: &Path) -> Result<PathBuf, V
             mods.push((format!("/lib/modules/{m}"), read(&p)?));
         }
     }
+    let mut host_files = Vec::new();
+    for program in extras {
+        for f in std::iter::once(program.clone()).chain(libraries(program)?) {
+            let data = read(&f)?;
+            host_files.push((f.display().to_string(), data));
+        }
+    }
+    host_files.sort();
+    host_files.dedup_by(|a, b| a.0 == b.0);
     let script = init_script();
     let mut h = Sha256::new();
+    for (name, data) in &host_files {
+        h.update(name.as_bytes());
+        h.update(data);
+    }
     h.update(&tether_bin);
     h.update(&busybox_bin);
     for (name, data) in &mods {
@@ -95,6 +114,21 @@ pub fn build(tether: &Path, busybox: &Path, modules: &Path) -> Result<PathBuf, V
         list.push('\n');
     }
     c.file("/etc/tether/modules", 0o644, list.as_bytes());
+    let mut made: std::collections::HashSet<PathBuf> = Default::default();
+    for (name, data) in &host_files {
+        let mut acc = PathBuf::from("/");
+        for part in Path::new(name)
+            .parent()
+            .into_iter()
+            .flat_map(|d| d.iter().skip(1))
+        {
+            acc.push(part);
+            if made.insert(acc.clone()) {
+                c.dir(&acc.to_string_lossy(), 0o755);
+            }
+        }
+        c.file(name, 0o755, data);
+    }
     c.file(
         "/etc/passwd",
         0o644,
@@ -107,6 +141,24 @@ pub fn build(tether: &Path, busybox: &Path, modules: &Path) -> Result<PathBuf, V
     std::fs::rename(&tmp, &path)
         .map_err(|e| VmError::Io(format!("writing {}", path.display()), e))?;
     Ok(path)
+}
+
+/// The shared libraries `program` loads (its dynamic loader included), as `ldd` lists them.
+fn libraries(program: &Path) -> Result<Vec<PathBuf>, VmError> {
+    let out = std::process::Command::new("ldd")
+        .arg(program)
+        .output()
+        .map_err(|e| VmError::Io(format!("running ldd on {}", program.display()), e))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
 }
 
 fn applets(busybox: &Path) -> Vec<String> {

@@ -50,6 +50,8 @@ pub struct VmConfig {
     pub boot_timeout: Duration,
     /// Reach the agent through the mux over a virtio-serial port instead of vsock.
     pub serial: bool,
+    /// Host programs to copy into the guest (with their shared libraries), e.g. socat.
+    pub extra_programs: Vec<PathBuf>,
 }
 
 impl Default for VmConfig {
@@ -61,6 +63,7 @@ impl Default for VmConfig {
             guest_binary: None,
             boot_timeout: Duration::from_secs(90),
             serial: false,
+            extra_programs: Vec::new(),
         }
     }
 }
@@ -127,7 +130,7 @@ impl Vm {
         let (kernel, modules) = host::kernel()?;
         let backend_bin = host::vhost_device_vsock()?;
         let guest = host::guest_binary(config.guest_binary.as_deref())?;
-        let initrd = initramfs::build(&guest, &host::busybox()?, &modules)?;
+        let initrd = initramfs::build(&guest, &host::busybox()?, &modules, &config.extra_programs)?;
         let accels: &[Accel] = match config.accel {
             Accel::Auto if kvm_usable() && !kvm_known_to_hang() => &[Accel::Kvm, Accel::Tcg],
             Accel::Auto => &[Accel::Tcg],

@@ -49,6 +49,10 @@ pub struct BootArgs {
     /// Statically linked tether for the guest [default: this executable, when static].
     #[arg(long, value_name = "PATH")]
     pub guest_binary: Option<PathBuf>,
+    /// A host program to copy into the guest with its shared libraries (e.g.
+    /// /usr/bin/socat); repeat for several.
+    #[arg(long = "with", value_name = "PROGRAM")]
+    pub with: Vec<PathBuf>,
 }
 
 impl BootArgs {
@@ -64,6 +68,7 @@ impl BootArgs {
             },
             guest_binary: self.guest_binary.clone(),
             serial: self.serial,
+            extra_programs: self.with.clone(),
             ..VmConfig::default()
         }
     }
@@ -252,6 +257,10 @@ fn boot_flags(b: &BootArgs) -> Vec<String> {
     if let Some(g) = &b.guest_binary {
         f.push("--guest-binary".into());
         f.push(g.display().to_string());
+    }
+    for w in &b.with {
+        f.push("--with".into());
+        f.push(w.display().to_string());
     }
     f
 }

@@ -80,6 +80,7 @@ fn a_real_guest_runs_commands_and_carries_connections_both_ways() {
         .unwrap();
     let config = VmConfig {
         guest_binary: Some(guest_binary()),
+        extra_programs: vec![PathBuf::from("/usr/bin/socat")],
         ..VmConfig::default()
     };
     let vm = rt.block_on(Vm::start(&config)).expect("the microVM boots");
@@ -243,12 +244,71 @@ fn a_real_guest_runs_commands_and_carries_connections_both_ways() {
     BufReader::new(&c).read_line(&mut reply).unwrap();
     assert_eq!(reply, "THROUGH FORWARD\n");
 
+    // socat in the guest against tether on the host, both ways.
+    let got = uds.with_file_name("from-socat.txt");
+    let (_host_listener, _) = background(&[
+        "listen",
+        "--exec",
+        &format!("head -n 1 > {}", got.display()),
+        &format!("hybrid://{}:5001", uds.display()),
+    ]);
+    let out = run(
+        &[
+            "exec",
+            "--timeout",
+            "20s",
+            &agent,
+            "--",
+            "sh",
+            "-c",
+            "echo via-socat | socat - VSOCK-CONNECT:2:5001",
+        ],
+        b"",
+    );
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&got).unwrap(), "via-socat\n");
+    // socat says nothing when it listens, so do not wait for a line from it.
+    let _guest_socat = Bg(tether()
+        .args([
+            "exec",
+            &agent,
+            "--",
+            "socat",
+            "VSOCK-LISTEN:7000,fork",
+            "EXEC:tr a-z A-Z",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    let socat_port: tether_transport::Endpoint =
+        format!("hybrid://{}:7000", uds.display()).parse().unwrap();
+    let reply = rt.block_on(async {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let t = tether_transport::Transport::new(tether_transport::DialOptions {
+            retry: Duration::from_secs(20),
+            ..Default::default()
+        });
+        let mut s = tokio::io::BufReader::new(t.dial(&socat_port).await.unwrap());
+        s.get_mut().write_all(b"to socat\n").await.unwrap();
+        let mut line = String::new();
+        s.read_line(&mut line).await.unwrap();
+        line
+    });
+    assert_eq!(reply, "TO SOCAT\n");
+
     rt.block_on(vm.stop());
 
     // The same agent reached through the mux over a virtio-serial port (no vsock device
     // at all), with the client on the VM's transport, which holds the one link.
     let config = VmConfig {
         serial: true,
+        extra_programs: vec![],
         ..config
     };
     let vm = rt
