@@ -128,16 +128,18 @@ impl Vm {
         let started = Instant::now();
         let qemu = host::qemu()?;
         let (kernel, modules) = host::kernel()?;
-        let backend_bin = host::vhost_device_vsock()?;
+        // A serial VM needs no vsock device, so no backend either.
+        let backend_bin = if config.serial {
+            PathBuf::new()
+        } else {
+            host::vhost_device_vsock()?
+        };
         let guest = host::guest_binary(config.guest_binary.as_deref())?;
         let initrd = initramfs::build(&guest, &host::busybox()?, &modules, &config.extra_programs)?;
         let accels: &[Accel] = match config.accel {
             Accel::Auto if kvm_usable() && !kvm_known_to_hang() => &[Accel::Kvm, Accel::Tcg],
-            Accel::Auto => &[Accel::Tcg],
-            a @ (Accel::Tcg | Accel::Kvm) => std::slice::from_ref(match a {
-                Accel::Tcg => &Accel::Tcg,
-                _ => &Accel::Kvm,
-            }),
+            Accel::Auto | Accel::Tcg => &[Accel::Tcg],
+            Accel::Kvm => &[Accel::Kvm],
         };
         let mut last = None;
         for (i, accel) in accels.iter().enumerate() {
