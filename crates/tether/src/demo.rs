@@ -40,10 +40,7 @@ const PING_PORT: u32 = 1025;
 const AGENT_PORT: u32 = 1024;
 
 pub fn run(args: Args) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::runtime()?;
     rt.block_on(demo(args))
 }
 

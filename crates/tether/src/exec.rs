@@ -121,16 +121,7 @@ where
 {
     let run = || -> Result<ExitCode> {
         let cfg = Config::load(config)?;
-        let rt = if std::env::var_os("TETHER_CT").is_some() {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-        } else {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?
-        };
+        let rt = crate::runtime()?;
         let result = rt.block_on(body(cfg));
         // A read of stdin may still be blocked in tokio's thread pool; do not wait for it.
         rt.shutdown_background();

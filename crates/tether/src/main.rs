@@ -128,18 +128,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// The runtime of the host-side commands: two workers, as many as these machines have
+/// cores, with I/O and timers.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
 fn run_async(command: Command, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let cfg = config::Config::load(config.as_deref())?;
-    let rt = if std::env::var_os("TETHER_CT").is_some() {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?
-    };
+    let rt = runtime()?;
     let result = rt.block_on(async {
         tokio::select! {
             r = dispatch(command, &cfg) => r,

@@ -136,10 +136,7 @@ pub enum VmCommand {
 }
 
 pub fn run(cmd: VmCommand) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::runtime()?;
     let code = rt.block_on(async {
         match cmd {
             VmCommand::Run(args) => run_in_vm(args).await,
