@@ -4,7 +4,6 @@
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -14,7 +13,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 
-/// An agent process, killed with the test binary (PR_SET_PDEATHSIG) however that ends.
+mod support;
+
+/// An agent process, killed with the test binary however that ends.
 struct AgentProc {
     socket: PathBuf,
     pid: u32,
@@ -31,39 +32,7 @@ fn scratch(tag: &str) -> PathBuf {
 fn start_agent(tag: &str, extra: &[&str]) -> AgentProc {
     let dir = scratch(tag);
     let socket = dir.join("agent.sock");
-    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    let sock = socket.clone();
-    // PR_SET_PDEATHSIG fires when the spawning *thread* ends, so spawn from a thread that
-    // lives as long as the test binary.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
-        // SAFETY: prctl only, between fork and exec.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-                Ok(())
-            });
-        }
-        let child = cmd
-            .env("HOME", "/nonexistent")
-            .env_remove("TETHER_CONFIG")
-            .args(["agent", "--listen", &format!("unix://{}", sock.display())])
-            .args(&extra)
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        tx.send(child).unwrap();
-        loop {
-            std::thread::park();
-        }
-    });
-    let mut child = rx.recv().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    assert!(first.contains("agent listening on"), "{first}");
-    std::thread::spawn(move || for _ in lines {});
+    let child = support::spawn_agent(&socket, extra);
     AgentProc {
         socket,
         pid: child.id(),

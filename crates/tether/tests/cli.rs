@@ -6,15 +6,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-fn tether() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tether"));
-    c.env_remove("TETHER_CONFIG").env("HOME", "/nonexistent");
-    c
-}
+mod support;
+use support::{run_with_input, tether};
 
 fn socat() -> Command {
     Command::new("socat")
@@ -76,24 +73,6 @@ fn data(len: usize, seed: u64) -> Vec<u8> {
 
 fn sha(b: &[u8]) -> Vec<u8> {
     Sha256::digest(b).to_vec()
-}
-
-/// Runs a one-shot command with `input` on stdin; collects its output.
-fn run_with_input(cmd: &mut Command, input: &[u8]) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
 }
 
 fn free_tcp_port() -> u16 {

@@ -1,11 +1,12 @@
 //! `tether exec`, `shell` and `ping` against a real `tether agent`, with a real terminal
 //! (tmux) for the TTY cases.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+mod support;
 
 struct Agent {
     socket: PathBuf,
@@ -19,33 +20,7 @@ fn agent() -> &'static Agent {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("a.sock");
-        let sock = socket.clone();
-        // Spawned from a thread that never ends: PR_SET_PDEATHSIG follows the thread.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
-            // SAFETY: prctl only, between fork and exec.
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-                    Ok(())
-                });
-            }
-            let child = cmd
-                .args(["agent", "--listen", &format!("unix://{}", sock.display())])
-                .env_remove("TETHER_CONFIG")
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            tx.send(child).unwrap();
-            loop {
-                std::thread::park();
-            }
-        });
-        let mut child: Child = rx.recv().unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        assert!(lines.next().unwrap().unwrap().contains("listening"));
-        std::thread::spawn(move || for _ in lines {});
+        let child = support::spawn_agent(&socket, &[]);
         Agent {
             socket,
             _child: child,
@@ -58,28 +33,13 @@ fn uri() -> String {
 }
 
 fn tether(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tether"));
-    c.env_remove("TETHER_CONFIG")
-        .env("HOME", "/nonexistent")
-        .args(args);
+    let mut c = support::tether();
+    c.args(args);
     c
 }
 
 fn exec(args: &[&str], input: &[u8]) -> Output {
-    let mut child = tether(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let w = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    w.join().unwrap();
-    out
+    support::run_with_input(&mut tether(args), input)
 }
 
 #[test]

@@ -6,32 +6,15 @@
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::Duration;
 use tether_vm::{Vm, VmConfig};
 
-fn tether() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tether"));
-    c.env_remove("TETHER_CONFIG").env("HOME", "/nonexistent");
-    c
-}
+mod support;
+use support::{run_with_input, tether};
 
 fn run(args: &[&str], input: &[u8]) -> Output {
-    let mut child = tether()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let w = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    w.join().unwrap();
-    out
+    run_with_input(tether().args(args), input)
 }
 
 struct Bg(Child);
