@@ -41,6 +41,21 @@ fn background(args: &[&str]) -> (Bg, String) {
     (Bg(child), first)
 }
 
+/// Dials `ep` (retrying while the guest's listener comes up), sends `line` and returns
+/// the reply line, without half-closing first (vhost-device-vsock would reset).
+async fn ask_line(ep: &tether_transport::Endpoint, line: &str) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let t = tether_transport::Transport::new(tether_transport::DialOptions {
+        retry: Duration::from_secs(20),
+        ..Default::default()
+    });
+    let mut s = tokio::io::BufReader::new(t.dial(ep).await.unwrap());
+    s.get_mut().write_all(line.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    s.read_line(&mut reply).await.unwrap();
+    reply
+}
+
 fn guest_binary() -> PathBuf {
     let p = std::env::var_os("TETHER_GUEST_BIN").map(PathBuf::from).expect(
         "TETHER_GUEST_BIN must name a static tether (scripts/test builds one: \
@@ -200,18 +215,7 @@ fn a_real_guest_runs_commands_and_carries_connections_both_ways() {
     ]);
     let guest_port: tether_transport::Endpoint =
         format!("hybrid://{}:6000", uds.display()).parse().unwrap();
-    let reply = rt.block_on(async {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-        let t = tether_transport::Transport::new(tether_transport::DialOptions {
-            retry: Duration::from_secs(20),
-            ..Default::default()
-        });
-        let mut s = tokio::io::BufReader::new(t.dial(&guest_port).await.unwrap());
-        s.get_mut().write_all(b"shout\n").await.unwrap();
-        let mut line = String::new();
-        s.read_line(&mut line).await.unwrap();
-        line
-    });
+    let reply = rt.block_on(ask_line(&guest_port, "shout\n"));
     assert_eq!(reply, "SHOUT\n");
     let (_fwd, first) = background(&["forward", "tcp://127.0.0.1:0", &guest_port.to_string()]);
     let port: u16 = first
@@ -271,18 +275,7 @@ fn a_real_guest_runs_commands_and_carries_connections_both_ways() {
         .unwrap());
     let socat_port: tether_transport::Endpoint =
         format!("hybrid://{}:7000", uds.display()).parse().unwrap();
-    let reply = rt.block_on(async {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-        let t = tether_transport::Transport::new(tether_transport::DialOptions {
-            retry: Duration::from_secs(20),
-            ..Default::default()
-        });
-        let mut s = tokio::io::BufReader::new(t.dial(&socat_port).await.unwrap());
-        s.get_mut().write_all(b"to socat\n").await.unwrap();
-        let mut line = String::new();
-        s.read_line(&mut line).await.unwrap();
-        line
-    });
+    let reply = rt.block_on(ask_line(&socat_port, "to socat\n"));
     assert_eq!(reply, "TO SOCAT\n");
 
     rt.block_on(vm.stop());
