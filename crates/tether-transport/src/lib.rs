@@ -24,6 +24,6 @@ mod transport;
 
 pub use endpoint::{Endpoint, LinkCost, ParseEndpointError};
 pub use error::TransportError;
-pub use listener::Listener;
+pub use listener::{clear_stale_socket, Listener};
 pub use stream::{Remote, Stream};
 pub use transport::{DialOptions, Peer, Transport};

@@ -142,27 +142,31 @@ impl Listener {
     }
 }
 
-/// Binds a Unix listener at `path`, first removing a socket file there that nobody
-/// listens on any more (left by a process that died). A live listener is never displaced.
+/// Binds a Unix listener at `path`, first clearing a stale socket file there.
 fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    clear_stale_socket(path)?;
+    UnixListener::bind(path)
+}
+
+/// Removes a socket file at `path` that nobody listens on any more (left by a process
+/// that died), so it can be bound again. A live listener is never displaced: that is an
+/// `AddrInUse` error. Anything else at `path` is left for `bind` to report.
+pub fn clear_stale_socket(path: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        "another process is listening there",
-                    ))
-                }
+                Ok(_) => Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process is listening there",
+                )),
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    std::fs::remove_file(path)?;
+                    std::fs::remove_file(path)
                 }
-                Err(e) => return Err(e),
+                Err(e) => Err(e),
             }
         }
-        _ => {}
+        _ => Ok(()),
     }
-    UnixListener::bind(path)
 }
 
 /// Removes a listener's socket file when the listener goes.

@@ -35,6 +35,26 @@ pub enum Accel {
     Kvm,
 }
 
+/// Which vhost-user backend gives the guest its vsock device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum VsockDevice {
+    /// `tether device`, run from the same tether binary the guest gets.
+    #[default]
+    Tether,
+    /// The rust-vmm reference backend, vhost-device-vsock.
+    VhostDeviceVsock,
+}
+
+impl VsockDevice {
+    /// The name users know it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            VsockDevice::Tether => "tether device",
+            VsockDevice::VhostDeviceVsock => "vhost-device-vsock",
+        }
+    }
+}
+
 /// How to build and boot the VM.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -50,6 +70,8 @@ pub struct VmConfig {
     pub boot_timeout: Duration,
     /// Reach the agent through the mux over a virtio-serial port instead of vsock.
     pub serial: bool,
+    /// The vsock device's backend (unused with `serial`).
+    pub vsock: VsockDevice,
     /// Host programs to copy into the guest (with their shared libraries), e.g. socat.
     pub extra_programs: Vec<PathBuf>,
 }
@@ -63,6 +85,7 @@ impl Default for VmConfig {
             guest_binary: None,
             boot_timeout: Duration::from_secs(90),
             serial: false,
+            vsock: VsockDevice::Tether,
             extra_programs: Vec::new(),
         }
     }
@@ -96,7 +119,7 @@ pub enum VmError {
     #[error("{what} exited during boot ({status}); output:\n{output}")]
     Exited {
         /// Which program.
-        what: &'static str,
+        what: String,
         /// Its status.
         status: String,
         /// The end of its output.
@@ -128,13 +151,13 @@ impl Vm {
         let started = Instant::now();
         let qemu = host::qemu()?;
         let (kernel, modules) = host::kernel()?;
-        // A serial VM needs no vsock device, so no backend either.
-        let backend_bin = if config.serial {
-            PathBuf::new()
-        } else {
-            host::vhost_device_vsock()?
-        };
         let guest = host::guest_binary(config.guest_binary.as_deref())?;
+        // A serial VM needs no vsock device, so no backend either.
+        let backend_bin = match (config.serial, config.vsock) {
+            (true, _) => PathBuf::new(),
+            (false, VsockDevice::Tether) => guest.clone(),
+            (false, VsockDevice::VhostDeviceVsock) => host::vhost_device_vsock()?,
+        };
         let initrd = initramfs::build(&guest, &host::busybox()?, &modules, &config.extra_programs)?;
         let accels: &[Accel] = match config.accel {
             Accel::Auto if kvm_usable() && !kvm_known_to_hang() => &[Accel::Kvm, Accel::Tcg],
@@ -286,7 +309,12 @@ async fn boot(
         };
         (None, at(READY_PORT), at(AGENT_PORT))
     } else {
-        let mut backend = Command::new(backend_bin)
+        let name = config.vsock.name();
+        let mut backend = Command::new(backend_bin);
+        if config.vsock == VsockDevice::Tether {
+            backend.arg("device");
+        }
+        let mut backend = backend
             .args(["--guest-cid", &GUEST_CID.to_string()])
             .arg("--socket")
             .arg(&vhost)
@@ -297,14 +325,8 @@ async fn boot(
             .stderr(std::fs::File::create(dir.join("backend.log")).map_err(io("backend log"))?)
             .kill_on_drop(true)
             .spawn()
-            .map_err(io("starting vhost-device-vsock"))?;
-        wait_for_path(
-            &vhost,
-            &mut backend,
-            "vhost-device-vsock",
-            &dir.join("backend.log"),
-        )
-        .await?;
+            .map_err(io(&format!("starting {name}")))?;
+        wait_for_path(&vhost, &mut backend, name, &dir.join("backend.log")).await?;
         let at = |port| Endpoint::Hybrid {
             path: uds.clone(),
             port,
@@ -395,7 +417,7 @@ async fn boot(
                 .unwrap_or_else(|| "no announcement".into());
             discard(&dir);
             Err(VmError::Exited {
-                what: "QEMU",
+                what: "QEMU".to_string(),
                 status,
                 output,
             })
@@ -443,7 +465,7 @@ fn device_args(serial: bool, vhost: &Path, serial_sock: &Path) -> Vec<String> {
 async fn wait_for_path(
     path: &Path,
     owner: &mut Child,
-    what: &'static str,
+    what: &str,
     log: &Path,
 ) -> Result<(), VmError> {
     for _ in 0..500 {
@@ -452,7 +474,7 @@ async fn wait_for_path(
         }
         if let Ok(Some(status)) = owner.try_wait() {
             return Err(VmError::Exited {
-                what,
+                what: what.to_string(),
                 status: status.to_string(),
                 output: tail(log),
             });
@@ -460,7 +482,7 @@ async fn wait_for_path(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Err(VmError::Exited {
-        what,
+        what: what.to_string(),
         status: "never created its socket".into(),
         output: tail(log),
     })

@@ -8,6 +8,7 @@ mod agent;
 mod cat;
 mod config;
 mod demo;
+mod device;
 mod dial;
 mod exec;
 mod forward;
@@ -96,6 +97,16 @@ enum Command {
         tether ping unix:///run/vm/agent.sock\n  \
         tether ping -c 1000 -s 1024 --json hybrid:///run/fc/v.sock:1024")]
     Ping(ping::Args),
+    /// A vhost-user-vsock device for QEMU, with Firecracker's hybrid vsock on the host:
+    /// `CONNECT <port>` on --uds-path reaches guest ports, guest connections to host port
+    /// P reach `<uds-path>_P`.
+    #[command(after_help = "Examples:\n  \
+        tether device --socket /run/vm/vhost.sock --uds-path /run/vm/v.sock --guest-cid 3\n  \
+        qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=256M,share=on \\\n      \
+        -machine q35,memory-backend=mem -chardev socket,id=c0,path=/run/vm/vhost.sock \\\n      \
+        -device vhost-user-vsock-pci,chardev=c0\n  \
+        tether exec hybrid:///run/vm/v.sock:1024 -- uname -a")]
+    Device(device::Args),
     /// Throwaway microVMs with the agent as PID 1.
     #[command(subcommand)]
     Vm(vm::VmCommand),
@@ -114,6 +125,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args).map(|()| ExitCode::SUCCESS),
         Command::Vm(cmd) => vm::run(cmd),
+        Command::Device(args) => device::run(args).map(|()| ExitCode::SUCCESS),
         Command::Agent(args) => agent::run(args, cli.config.as_deref()).map(|()| ExitCode::SUCCESS),
         Command::Exec(args) => Ok(exec::main(args, cli.config.as_deref())),
         Command::Shell(args) => Ok(shell::main(args, cli.config.as_deref())),
@@ -161,6 +173,7 @@ async fn dispatch(command: Command, cfg: &config::Config) -> anyhow::Result<Exit
         | Command::Agent(_)
         | Command::Exec(_)
         | Command::Shell(_)
+        | Command::Device(_)
         | Command::Vm(_) => {
             unreachable!("run their own runtimes")
         }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tether_client::{Client, Command};
 use tether_transport::{relay, Endpoint, Peer, Transport};
-use tether_vm::{Accel, Vm, VmConfig};
+use tether_vm::{Accel, Vm, VmConfig, VsockDevice};
 
 /// The accelerator, as given on the command line.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -24,6 +24,8 @@ pub enum AccelArg {
 /// The vsock device backend.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum VsockArg {
+    /// tether's own vhost-user backend (`tether device`), run from the guest binary.
+    Tether,
     /// rust-vmm's vhost-device-vsock (cargo install vhost-device-vsock).
     VhostDeviceVsock,
 }
@@ -41,7 +43,7 @@ pub struct BootArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: AccelArg,
     /// The vsock device backend.
-    #[arg(long, value_enum, default_value = "vhost-device-vsock")]
+    #[arg(long, value_enum, default_value = "tether")]
     pub vsock: VsockArg,
     /// Reach the agent through the mux over a virtio-serial port instead of vsock.
     #[arg(long)]
@@ -57,7 +59,6 @@ pub struct BootArgs {
 
 impl BootArgs {
     fn config(&self) -> VmConfig {
-        let VsockArg::VhostDeviceVsock = self.vsock;
         VmConfig {
             memory_mib: self.memory,
             cpus: self.cpus,
@@ -68,6 +69,10 @@ impl BootArgs {
             },
             guest_binary: self.guest_binary.clone(),
             serial: self.serial,
+            vsock: match self.vsock {
+                VsockArg::Tether => VsockDevice::Tether,
+                VsockArg::VhostDeviceVsock => VsockDevice::VhostDeviceVsock,
+            },
             extra_programs: self.with.clone(),
             ..VmConfig::default()
         }
