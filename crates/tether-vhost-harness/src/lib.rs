@@ -37,3 +37,9 @@ pub mod hybrid;
 pub mod memory;
 pub mod ring;
 pub mod scenarios;
+
+pub use backend::{Backend, BackendError, BackendProcess};
+pub use guest::{
+    ConnError, ConnectError, Guest, GuestConn, GuestError, GuestOptions, GuestStats, RawId,
+    RxLayout, RxRecord, TxLayout,
+};
