@@ -434,6 +434,7 @@ impl Device {
             return Ok(());
         };
         let max_payload = self.engine.config().max_payload;
+        let guard = mem.memory();
         let mut used = false;
         loop {
             let mut state = vring.get_mut();
@@ -441,9 +442,9 @@ impl Device {
                 return Ok(());
             }
             state.disable_notification().map_err(io::Error::other)?;
-            while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.memory()) {
+            while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(&*guard) {
                 let head = chain.head_index();
-                self.take_tx_chain(&*mem.memory(), chain, max_payload);
+                self.take_tx_chain(&guard, chain, max_payload);
                 state.add_used(head, 0).map_err(io::Error::other)?;
                 used = true;
             }
@@ -490,13 +491,14 @@ impl Device {
         let Some(mem) = self.mem.clone() else {
             return Ok(());
         };
+        let guard = mem.memory();
         let mut used = false;
         let mut state = vring.get_mut();
         if !state.get_queue().ready() {
             return Ok(());
         }
         while self.engine.has_transmit() {
-            let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.memory()) else {
+            let Some(chain) = state.get_queue_mut().pop_descriptor_chain(&*guard) else {
                 // Out of buffers: ask to be kicked when the guest adds some, then look once
                 // more in case it did so in between.
                 if state.enable_notification().map_err(io::Error::other)? {
@@ -505,7 +507,7 @@ impl Device {
                 break;
             };
             let head = chain.head_index();
-            let room = match virtq::rx_room(&*mem.memory(), &chain) {
+            let room = match virtq::rx_room(&*guard, &chain) {
                 Ok(Some(room)) => room,
                 Ok(None) | Err(_) => {
                     warn!("RX buffer too small for a packet header; returned unused");
@@ -518,7 +520,7 @@ impl Device {
                 state.get_queue_mut().go_to_previous_position();
                 break;
             };
-            let len = virtq::write_packet(&*mem.memory(), chain, &packet)?;
+            let len = virtq::write_packet(&*guard, chain, &packet)?;
             state.add_used(head, len).map_err(io::Error::other)?;
             self.stats.rx_packets += 1;
             used = true;

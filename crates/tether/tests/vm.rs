@@ -1,6 +1,6 @@
-//! End to end in a real Linux guest: one throwaway microVM (QEMU, the host's kernel, the
-//! static tether agent as PID 1, vhost-device-vsock), driven through the tether CLI as a
-//! user would. scripts/test installs QEMU, the kernel, busybox and vhost-device-vsock,
+//! End to end in a real Linux guest: throwaway microVMs (QEMU, the host's kernel, the
+//! static tether agent as PID 1, `tether device` as the vsock backend, or the mux over
+//! virtio-serial), driven through the tether CLI as a user would. scripts/test installs QEMU, the kernel, busybox and vhost-device-vsock,
 //! builds the static guest binary and names it in TETHER_GUEST_BIN.
 
 use sha2::{Digest, Sha256};
@@ -42,7 +42,7 @@ fn background(args: &[&str]) -> (Bg, String) {
 }
 
 /// Dials `ep` (retrying while the guest's listener comes up), sends `line` and returns
-/// the reply line, without half-closing first (vhost-device-vsock would reset).
+/// the reply line, without half-closing first.
 async fn ask_line(ep: &tether_transport::Endpoint, line: &str) -> String {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let t = tether_transport::Transport::new(tether_transport::DialOptions {
@@ -165,20 +165,11 @@ fn a_real_guest_runs_commands_and_carries_connections_both_ways() {
     );
 
     // Guest to host: the guest dials CID 2, the device connects to <uds>_<port>. The
-    // host side reads one line before it answers anything: vhost-device-vsock has no
-    // half-close, so a host side that ends its sending direction first ends the whole
-    // connection.
+    // guest's EOF reaches the host program as EOF, and its reply still flows back.
     let host_ep = format!("hybrid://{}:5000", uds.display());
-    let got = uds.with_file_name("from-guest.txt");
-    let (_host_listener, first) = background(&[
-        "listen",
-        "--exec",
-        &format!("head -n 1 > {}", got.display()),
-        &host_ep,
-    ]);
+    let (_host_listener, first) =
+        background(&["listen", "--keep", "--exec", "tr a-z A-Z", &host_ep]);
     assert!(first.contains("listening"), "{first}");
-    // The guest's `tether cat` may end with a reset rather than EOF: when the host side
-    // closes, vhost-device-vsock resets the whole connection. The line still arrives.
     let out = run(
         &[
             "exec",
@@ -192,13 +183,26 @@ fn a_real_guest_runs_commands_and_carries_connections_both_ways() {
         ],
         b"",
     );
-    assert!(
-        matches!(out.status.code(), Some(0 | 1)),
-        "{:?} {}",
-        out.status,
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "FROM-THE-GUEST\n",
+        "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(std::fs::read_to_string(&got).unwrap(), "from-the-guest\n");
+    assert_eq!(out.status.code(), Some(0));
+    // Nothing listens on host port 5999: the device answers RST, so the guest's connect
+    // is refused rather than left to time out.
+    let out = run(
+        &["exec", &agent, "--", "tether", "cat", "vsock://2:5999"],
+        b"",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    // Linux reports a RST to connect() as ECONNRESET.
+    assert!(
+        (err.contains("refused") || err.contains("reset")) && !err.contains("timed out"),
+        "{err}"
+    );
 
     // Host to guest: a tether listener in the guest, reached by hybrid dial and through
     // `tether forward` on the host (replies read before closing, for the same reason).
@@ -217,6 +221,15 @@ fn a_real_guest_runs_commands_and_carries_connections_both_ways() {
         format!("hybrid://{}:6000", uds.display()).parse().unwrap();
     let reply = rt.block_on(ask_line(&guest_port, "shout\n"));
     assert_eq!(reply, "SHOUT\n");
+    // Half-close from the host: the guest program sees EOF and its output comes back.
+    let out = run(&["cat", &guest_port.to_string()], b"half closed\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HALF CLOSED\n");
+    assert_eq!(out.status.code(), Some(0));
+    // Nothing listens on guest port 6999: the client's socket is closed, no OK.
+    let out = run(&["cat", &format!("hybrid://{}:6999", uds.display())], b"");
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("closed the socket without a reply"), "{err}");
     let (_fwd, first) = background(&["forward", "tcp://127.0.0.1:0", &guest_port.to_string()]);
     let port: u16 = first
         .split_whitespace()
