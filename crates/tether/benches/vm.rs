@@ -1,5 +1,5 @@
-//! Figures of a real guest, vsock (vhost-device-vsock) and the serial mux side by side in
-//! one run: boot to the agent, first exec, `exec true` round trip, stdout throughput.
+//! Figures of a real guest, vsock through `tether device`, vsock through vhost-device-vsock
+//! and the serial mux side by side in one run: boot to the agent, first exec, `exec true` round trip, stdout throughput.
 //!
 //! `TETHER_GUEST_BIN=… cargo bench -p tether --bench vm` (scripts/test shows how to build the
 //! static guest binary); `TETHER_BENCH_QUICK=1` for a short run.
@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 use tether_client::{Client, Command};
 use tether_transport::Peer;
-use tether_vm::{Vm, VmConfig};
+use tether_vm::{Vm, VmConfig, VsockDevice};
 
 struct Row {
     name: &'static str,
@@ -18,12 +18,23 @@ struct Row {
     mib_s: f64,
 }
 
-async fn measure(name: &'static str, serial: bool, runs: usize, mib: usize) -> Row {
+/// How the guest is reached.
+#[derive(Clone, Copy)]
+enum Link {
+    Vsock(VsockDevice),
+    Serial,
+}
+
+async fn measure(name: &'static str, link: Link, runs: usize, mib: usize) -> Row {
     let guest =
         std::env::var_os("TETHER_GUEST_BIN").expect("TETHER_GUEST_BIN names a static tether");
     let config = VmConfig {
         guest_binary: Some(guest.into()),
-        serial,
+        serial: matches!(link, Link::Serial),
+        vsock: match link {
+            Link::Vsock(device) => device,
+            Link::Serial => VsockDevice::default(),
+        },
         ..VmConfig::default()
     };
     let vm = Vm::start(&config).await.expect("boot");
@@ -89,8 +100,21 @@ fn main() {
         .unwrap();
     let rows = rt.block_on(async {
         vec![
-            measure("vsock (vhost-device-vsock)", false, runs, mib).await,
-            measure("serial mux (virtio-serial)", true, runs, mib).await,
+            measure(
+                "vsock (tether device)",
+                Link::Vsock(VsockDevice::Tether),
+                runs,
+                mib,
+            )
+            .await,
+            measure(
+                "vsock (vhost-device-vsock)",
+                Link::Vsock(VsockDevice::VhostDeviceVsock),
+                runs,
+                mib,
+            )
+            .await,
+            measure("serial mux (virtio-serial)", Link::Serial, runs, mib).await,
         ]
     });
     println!("microVM under TCG: {runs} `exec true` round trips, {mib} MiB of stdout");
