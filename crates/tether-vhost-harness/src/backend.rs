@@ -205,6 +205,17 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The tail of a backend's stderr, shared with the thread collecting it.
+#[derive(Clone, Debug)]
+pub struct StderrLog(Arc<Mutex<Vec<u8>>>);
+
+impl StderrLog {
+    /// The text collected so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
 /// A running backend, killed (and its directory removed) on drop.
 #[derive(Debug)]
 pub struct BackendProcess {
@@ -262,7 +273,12 @@ impl BackendProcess {
 
     /// What the process wrote to stderr so far (the last 64 KiB).
     pub fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).into_owned()
+        self.stderr_log().text()
+    }
+
+    /// A handle on the stderr tail that outlives the process (for failure reports).
+    pub fn stderr_log(&self) -> StderrLog {
+        StderrLog(self.stderr.clone())
     }
 
     /// Connects to the hybrid socket and performs the `CONNECT <port>` handshake, waiting

@@ -1,1 +1,376 @@
-//! TODO
+//! Throughput and latency of a backend, measured through the harness guest: host to guest
+//! through the hybrid socket, guest to host through `<uds>_<port>`, 64 B, 4 KiB and 64 KiB
+//! writes; and a 1-byte ping-pong. Both backends go through the same harness, so the
+//! ratio compares the backends, while absolute figures include the harness's own cost.
+
+use crate::backend::{Backend, BackendError, BackendProcess};
+use crate::guest::{ConnError, ConnectError, Guest, GuestConn, GuestError, GuestOptions};
+use crate::hybrid::{self, HandshakeError};
+use crate::scenarios::util::accept_within;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Why a measurement failed.
+#[derive(Debug, Error)]
+pub enum BenchError {
+    /// The backend could not be started.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The guest could not be started.
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    /// The host-side handshake failed.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// A guest connect failed.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// A guest read or write failed.
+    #[error("guest I/O: {0}")]
+    Conn(#[from] ConnError),
+    /// A host read or write failed.
+    #[error("host I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// Something else went wrong (the text says what).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Which way the bytes go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Host application to guest, through the hybrid socket.
+    HostToGuest,
+    /// Guest to host application, through `<uds>_<port>`.
+    GuestToHost,
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Direction::HostToGuest => "host to guest",
+            Direction::GuestToHost => "guest to host",
+        })
+    }
+}
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchSettings {
+    /// Write sizes, one cell each per direction.
+    pub write_sizes: Vec<usize>,
+    /// Bytes moved per cell for a write size.
+    pub bytes_for: fn(usize) -> usize,
+    /// Round trips in the ping-pong (after a tenth as many for warm-up).
+    pub round_trips: usize,
+    /// Guest setup.
+    pub guest: GuestOptions,
+}
+
+/// 8 MiB for 64-byte writes, 128 MiB for 4 KiB, 256 MiB for 64 KiB: a few hundred
+/// milliseconds a cell on a small machine.
+pub fn default_bytes_for(write_size: usize) -> usize {
+    (write_size * 128 * 1024).clamp(8 << 20, 256 << 20)
+}
+
+impl Default for BenchSettings {
+    fn default() -> Self {
+        BenchSettings {
+            write_sizes: vec![64, 4096, 65536],
+            bytes_for: default_bytes_for,
+            round_trips: 2000,
+            guest: GuestOptions {
+                io_timeout: Duration::from_secs(30),
+                ..GuestOptions::default()
+            },
+        }
+    }
+}
+
+/// One throughput cell.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Throughput {
+    /// Which way.
+    pub direction: Direction,
+    /// Bytes per write.
+    pub write_size: usize,
+    /// Bytes moved.
+    pub bytes: usize,
+    /// From the first write to the last byte read.
+    pub elapsed: Duration,
+}
+
+impl Throughput {
+    /// Gigabits per second.
+    pub fn gbps(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.elapsed.as_secs_f64() / 1e9
+    }
+}
+
+/// Round-trip times of 1-byte ping-pong, host to guest and back.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Latency {
+    /// Round trips measured.
+    pub samples: usize,
+    /// Median.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+}
+
+/// Everything measured for one backend.
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    /// The backend's name.
+    pub backend: String,
+    /// Throughput cells: host to guest for each size, then guest to host.
+    pub throughput: Vec<Throughput>,
+    /// Ping-pong latency.
+    pub latency: Latency,
+}
+
+/// Measures `spec`: one backend process and guest for all cells, a fresh connection each.
+pub fn run(spec: &Backend, settings: &BenchSettings) -> Result<BenchReport, BenchError> {
+    let backend = spec.spawn()?;
+    let guest = Guest::start(backend.socket_path(), settings.guest.clone())?;
+    wait_for(&backend)?;
+    let mut throughput = Vec::new();
+    for direction in [Direction::HostToGuest, Direction::GuestToHost] {
+        for (i, &size) in settings.write_sizes.iter().enumerate() {
+            let bytes = (settings.bytes_for)(size);
+            let port = 2000 + i as u32 + 100 * (direction as u32);
+            let elapsed = match direction {
+                Direction::HostToGuest => host_to_guest(&backend, &guest, port, size, bytes),
+                Direction::GuestToHost => guest_to_host(&backend, &guest, port, size, bytes),
+            }
+            .map_err(|e| with_stderr(e, &backend))?;
+            throughput.push(Throughput {
+                direction,
+                write_size: size,
+                bytes,
+                elapsed,
+            });
+        }
+    }
+    let latency =
+        ping_pong(&backend, &guest, settings.round_trips).map_err(|e| with_stderr(e, &backend))?;
+    Ok(BenchReport {
+        backend: spec.name().to_owned(),
+        throughput,
+        latency,
+    })
+}
+
+fn with_stderr(e: BenchError, backend: &BackendProcess) -> BenchError {
+    let stderr = backend.stderr();
+    let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+    if tail.is_empty() {
+        return e;
+    }
+    BenchError::Other(format!("{e}; backend stderr: {}", tail.join(" | ")))
+}
+
+fn wait_for(backend: &BackendProcess) -> Result<(), BenchError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !backend.uds_path().exists() {
+        if Instant::now() > deadline {
+            return Err(BenchError::Other(
+                "the backend made no hybrid socket".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+fn host_pair(
+    backend: &BackendProcess,
+    guest: &Guest,
+    port: u32,
+) -> Result<(UnixStream, GuestConn), BenchError> {
+    guest.listen(port);
+    let (host, _) = hybrid::connect(backend.uds_path(), port, Duration::from_secs(5))?;
+    let conn = guest
+        .accept_on(port, Duration::from_secs(5))
+        .ok_or_else(|| BenchError::Other("the guest accepted nothing".into()))?;
+    Ok((host, conn))
+}
+
+fn host_to_guest(
+    backend: &BackendProcess,
+    guest: &Guest,
+    port: u32,
+    size: usize,
+    bytes: usize,
+) -> Result<Duration, BenchError> {
+    let (mut host, conn) = host_pair(backend, guest, port)?;
+    host.set_write_timeout(Some(Duration::from_secs(30)))?;
+    let chunk = vec![0xa5u8; size];
+    std::thread::scope(|s| {
+        let start = Instant::now();
+        let writer = s.spawn(move || -> std::io::Result<()> {
+            for _ in 0..bytes / size {
+                host.write_all(&chunk)?;
+            }
+            Ok(())
+        });
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0;
+        while got < bytes / size * size {
+            match conn.read(&mut buf)? {
+                0 => return Err(BenchError::Other(format!("EOF after {got} bytes"))),
+                n => got += n,
+            }
+        }
+        let elapsed = start.elapsed();
+        writer
+            .join()
+            .map_err(|_| BenchError::Other("writer panicked".into()))??;
+        Ok(elapsed)
+    })
+}
+
+fn guest_to_host(
+    backend: &BackendProcess,
+    guest: &Guest,
+    port: u32,
+    size: usize,
+    bytes: usize,
+) -> Result<Duration, BenchError> {
+    let listener = UnixListener::bind(backend.host_listen_path(port))?;
+    let conn = guest.connect(port, Duration::from_secs(5))?;
+    let mut host = accept_within(&listener, Duration::from_secs(5))?;
+    host.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let chunk = vec![0x5au8; size];
+    let total = bytes / size * size;
+    std::thread::scope(|s| {
+        let start = Instant::now();
+        let reader = s.spawn(move || -> std::io::Result<Duration> {
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut got = 0;
+            while got < total {
+                match host.read(&mut buf)? {
+                    0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    n => got += n,
+                }
+            }
+            Ok(start.elapsed())
+        });
+        for _ in 0..bytes / size {
+            conn.write_all(&chunk)?;
+        }
+        reader
+            .join()
+            .map_err(|_| BenchError::Other("reader panicked".into()))?
+            .map_err(BenchError::from)
+    })
+}
+
+fn ping_pong(
+    backend: &BackendProcess,
+    guest: &Guest,
+    round_trips: usize,
+) -> Result<Latency, BenchError> {
+    let (mut host, conn) = host_pair(backend, guest, 3000)?;
+    host.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let warmup = round_trips / 10;
+    let total = warmup + round_trips;
+    std::thread::scope(|s| {
+        let echo = s.spawn(|| -> Result<(), ConnError> {
+            let mut b = [0u8; 1];
+            for _ in 0..total {
+                conn.read_exact(&mut b)?;
+                conn.write_all(&b)?;
+            }
+            Ok(())
+        });
+        let mut samples = Vec::with_capacity(round_trips);
+        let mut b = [0u8; 1];
+        for i in 0..total {
+            let start = Instant::now();
+            host.write_all(&[i as u8])?;
+            host.read_exact(&mut b)?;
+            if i >= warmup {
+                samples.push(start.elapsed());
+            }
+        }
+        echo.join()
+            .map_err(|_| BenchError::Other("echo panicked".into()))??;
+        samples.sort();
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        Ok(Latency {
+            samples: samples.len(),
+            p50: at(0.5),
+            p99: at(0.99),
+        })
+    })
+}
+
+fn size_label(n: usize) -> String {
+    crate::scenarios::util::size(n)
+}
+
+/// Formats reports side by side; with two or more, a ratio column compares the last with
+/// the first (above 1 means the last is faster, for latency too).
+pub fn format_reports(reports: &[&BenchReport]) -> String {
+    let mut out = String::new();
+    let col = reports
+        .iter()
+        .map(|r| r.backend.len())
+        .max()
+        .unwrap_or(0)
+        .max(14);
+    let _ = write!(out, "{:28}", "");
+    for r in reports {
+        let _ = write!(out, "  {:>col$}", r.backend);
+    }
+    if reports.len() > 1 {
+        let _ = write!(out, "  {:>8}", "ratio");
+    }
+    out.push('\n');
+    let Some(first) = reports.first() else {
+        return out;
+    };
+    for (i, cell) in first.throughput.iter().enumerate() {
+        let label = format!("{} {} writes", cell.direction, size_label(cell.write_size));
+        let _ = write!(out, "{label:28}");
+        let values: Vec<f64> = reports
+            .iter()
+            .map(|r| r.throughput.get(i).map_or(0.0, Throughput::gbps))
+            .collect();
+        for v in &values {
+            let _ = write!(out, "  {:>col$}", format!("{v:.2} Gbps"));
+        }
+        ratio(&mut out, values[0], values[values.len() - 1], reports.len());
+        out.push('\n');
+    }
+    for (label, pick) in [
+        (
+            "1-byte round trip p50",
+            (|l: &Latency| l.p50) as fn(&Latency) -> Duration,
+        ),
+        ("1-byte round trip p99", |l: &Latency| l.p99),
+    ] {
+        let _ = write!(out, "{label:28}");
+        let values: Vec<f64> = reports
+            .iter()
+            .map(|r| pick(&r.latency).as_secs_f64() * 1e6)
+            .collect();
+        for v in &values {
+            let _ = write!(out, "  {:>col$}", format!("{v:.1} us"));
+        }
+        // Lower is better: invert so that above 1 still means the last one wins.
+        ratio(&mut out, values[values.len() - 1], values[0], reports.len());
+        out.push('\n');
+    }
+    out
+}
+
+fn ratio(out: &mut String, base: f64, other: f64, n: usize) {
+    if n > 1 && base > 0.0 {
+        let _ = write!(out, "  {:>7.2}x", other / base);
+    }
+}

@@ -13,7 +13,7 @@ pub enum ConnError {
     #[error("timed out after {0:?}")]
     TimedOut(Duration),
     /// The connection ended (reset, refused, protocol violation...).
-    #[error("connection closed: {0}")]
+    #[error("{0}")]
     Closed(CloseReason),
     /// Writing after a shutdown of this direction (ours or the peer's).
     #[error("broken pipe")]

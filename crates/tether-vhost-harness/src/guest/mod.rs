@@ -451,6 +451,11 @@ impl Guest {
         self.shared.lock().stats = GuestStats::default();
     }
 
+    /// Transmit chains handed to the device and not yet returned.
+    pub fn tx_outstanding(&self) -> usize {
+        self.shared.lock().tx.ring.outstanding()
+    }
+
     /// Live connections in the socket layer.
     pub fn connections(&self) -> usize {
         self.shared.lock().engine.stats().connections
@@ -465,10 +470,16 @@ impl Guest {
     /// (`GET_VRING_BASE` on both queues), then closes the vhost-user connection. The
     /// backend should then wait for the next frontend.
     pub fn stop(mut self) -> Result<(), GuestError> {
-        self.shutdown()
+        self.shutdown(true)
     }
 
-    fn shutdown(&mut self) -> Result<(), GuestError> {
+    /// Drops the vhost-user connection without stopping the queues first, as a crashing
+    /// VMM would.
+    pub fn crash(mut self) {
+        let _ = self.shutdown(false);
+    }
+
+    fn shutdown(&mut self, graceful: bool) -> Result<(), GuestError> {
         self.shared.lock().stopping = true;
         self.shared.poke();
         if let Some(t) = self.thread.take() {
@@ -479,7 +490,7 @@ impl Guest {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some(mut s) = session {
+        if let (Some(mut s), true) = (session, graceful) {
             s.stop()?;
         }
         Ok(())
@@ -488,7 +499,7 @@ impl Guest {
 
 impl Drop for Guest {
     fn drop(&mut self) {
-        let _ = self.shutdown();
+        let _ = self.shutdown(true);
     }
 }
 
