@@ -11,6 +11,9 @@ use virtio_bindings::bindings::virtio_ring::{
 };
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 /// rx, tx and event; QEMU keeps the event queue to itself, so only 0 and 1 reach us.
 pub(crate) const NUM_QUEUES: usize = 3;
@@ -21,22 +24,31 @@ const EVT: u16 = 2;
 /// taken by the queues and the exit event).
 pub(crate) const HOST_EVENT: u16 = NUM_QUEUES as u16 + 1;
 
-/// The vhost-user backend: a [`Device`] behind a lock shared with the serving loop.
+/// The vhost-user backend of one frontend session: a [`Device`] behind a lock shared with
+/// the serving loop.
 pub struct Backend {
     pub(crate) device: Arc<Mutex<Device>>,
     guest_cid: u64,
     queue_size: u16,
     event_idx: bool,
+    /// Ends the session's worker thread: a stale worker would otherwise keep taking host
+    /// events for vrings that no longer exist.
+    exit: (EventConsumer, EventNotifier),
 }
 
 impl Backend {
-    pub(crate) fn new(device: Arc<Mutex<Device>>, guest_cid: u64, queue_size: u16) -> Self {
-        Backend {
+    pub(crate) fn new(
+        device: Arc<Mutex<Device>>,
+        guest_cid: u64,
+        queue_size: u16,
+    ) -> io::Result<Self> {
+        Ok(Backend {
             device,
             guest_cid,
             queue_size,
             event_idx: false,
-        }
+            exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)?,
+        })
     }
 }
 
@@ -62,6 +74,10 @@ impl VhostUserBackendMut for Backend {
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
     }
 
     fn set_event_idx(&mut self, enabled: bool) {

@@ -29,9 +29,11 @@ pub use config::DeviceConfig;
 pub use device::{Device, DeviceStats};
 
 use backend::{Backend, HOST_EVENT};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
 use tracing::info;
+use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -61,7 +63,7 @@ pub enum DeviceError {
 }
 
 /// Serves frontends on `config.socket` one after another, forever: when one disconnects
-/// its connections end and the next one is awaited, so QEMU can restart or reconnect.
+/// its connections end and the next one is served, so QEMU can restart or reconnect.
 pub fn serve(config: DeviceConfig) -> Result<(), DeviceError> {
     if !DeviceConfig::valid_guest_cid(config.guest_cid) {
         return Err(DeviceError::ReservedCid(config.guest_cid));
@@ -72,23 +74,37 @@ pub fn serve(config: DeviceConfig) -> Result<(), DeviceError> {
         source,
     })?;
     let device = Arc::new(Mutex::new(device));
+    // One listener for the device's whole life: a frontend that connects while the last
+    // one is being torn down waits in its backlog instead of being reset.
+    let mut listener = vhost_listener(&config.socket).map_err(|e| DeviceError::VhostUser {
+        path: config.socket.clone(),
+        detail: e.to_string(),
+    })?;
     loop {
-        serve_one(&config, &device)?;
+        serve_one(&config, &device, &mut listener)?;
         device.lock().expect("device lock").frontend_gone();
     }
 }
 
+/// Binds the vhost-user socket, replacing a stale socket file but never a live device.
+fn vhost_listener(path: &Path) -> std::io::Result<Listener> {
+    tether_transport::clear_stale_socket(path)?;
+    Listener::new(path, false).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
 /// Serves one frontend connection until it goes away.
-fn serve_one(config: &DeviceConfig, device: &Arc<Mutex<Device>>) -> Result<(), DeviceError> {
+fn serve_one(
+    config: &DeviceConfig,
+    device: &Arc<Mutex<Device>>,
+    listener: &mut Listener,
+) -> Result<(), DeviceError> {
     let vhost_err = |detail: String| DeviceError::VhostUser {
         path: config.socket.clone(),
         detail,
     };
-    let backend = Arc::new(Mutex::new(Backend::new(
-        device.clone(),
-        config.guest_cid,
-        config.queue_size,
-    )));
+    let backend = Backend::new(device.clone(), config.guest_cid, config.queue_size)
+        .map_err(|e| vhost_err(format!("exit event: {e}")))?;
+    let backend = Arc::new(Mutex::new(backend));
     let mut daemon = VhostUserDaemon::new(
         "tether-device".to_string(),
         backend,
@@ -96,15 +112,33 @@ fn serve_one(config: &DeviceConfig, device: &Arc<Mutex<Device>>) -> Result<(), D
     )
     .map_err(|e| vhost_err(e.to_string()))?;
     let epoll_fd = device.lock().expect("device lock").epoll_fd();
-    for handler in daemon.get_epoll_handlers() {
+    let handlers = daemon.get_epoll_handlers();
+    for handler in &handlers {
         handler
             .register_listener(epoll_fd, EventSet::IN, u64::from(HOST_EVENT))
             .map_err(|e| vhost_err(format!("watching host sockets: {e}")))?;
     }
     info!(socket = %config.socket.display(), "waiting for a vhost-user frontend");
     daemon
-        .serve(&config.socket)
-        .map_err(|e| vhost_err(e.to_string()))
+        .start(listener)
+        .map_err(|e| vhost_err(e.to_string()))?;
+    let result = daemon.wait();
+    // The worker threads outlive the connection unless told to stop; a stale one would keep
+    // taking host events meant for the next session's vrings.
+    for handler in &handlers {
+        handler.send_exit_event();
+    }
+    match result {
+        Ok(()) => Ok(()),
+        // A frontend that vanishes mid-message (QEMU killed) is a disconnect like any other.
+        Err(vhost_user_backend::Error::HandleRequest(
+            VhostUserError::Disconnected | VhostUserError::PartialMessage,
+        )) => Ok(()),
+        Err(e) => {
+            tracing::warn!("frontend session ended: {e}");
+            Ok(())
+        }
+    }
 }
 
 /// 1023 connections need more than the usual 1024 descriptors once the vhost-user fds,
