@@ -5,7 +5,8 @@
 //! cargo bench -p tether-vhost-harness
 //! TETHER_DEVICE_CMD="target/release/tether device" cargo bench -p tether-vhost-harness
 //! ```
-//! `TETHER_BENCH_QUEUE` sets the queue size (default 128), `TETHER_BENCH_SCALE` multiplies
+//! A relative program path is taken from the workspace root (cargo runs benches in the
+//! package directory). `TETHER_BENCH_QUEUE` sets the queue size (default 128), `TETHER_BENCH_SCALE` multiplies
 //! the bytes per cell (e.g. 0.1 for a quick run).
 
 use std::time::Duration;
@@ -33,6 +34,9 @@ fn settings() -> anyhow::Result<BenchSettings> {
 static SCALE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
 
 fn main() -> anyhow::Result<()> {
+    // `cargo bench` runs in the package directory; paths in TETHER_DEVICE_CMD are meant
+    // from the workspace root, where the command is typed.
+    std::env::set_current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))?;
     let settings = settings()?;
     let mut backends = vec![Backend::vhost_device_vsock()?];
     if let Some(cmd) = std::env::var("TETHER_DEVICE_CMD")

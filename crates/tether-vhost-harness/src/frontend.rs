@@ -65,6 +65,8 @@ pub struct FrontendOptions {
     pub event_idx: bool,
     /// Negotiate REPLY_ACK when offered and ask for acknowledgements (QEMU does).
     pub reply_ack: bool,
+    /// Bound on each vhost-user request's reply.
+    pub request_timeout: Duration,
 }
 
 impl Default for FrontendOptions {
@@ -73,6 +75,7 @@ impl Default for FrontendOptions {
             connect_timeout: Duration::from_secs(5),
             event_idx: true,
             reply_ack: true,
+            request_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -145,6 +148,16 @@ impl Session {
     /// Connects and negotiates; reads the guest CID from the device config.
     pub fn open(path: &Path, opts: &FrontendOptions) -> Result<Session, FrontendError> {
         let stream = connect_socket(path, opts.connect_timeout)?;
+        // A backend that stops answering must not hang the frontend (nor a Drop that
+        // stops the rings): every request gets a bounded wait.
+        stream
+            .set_read_timeout(Some(opts.request_timeout))
+            .and_then(|()| stream.set_write_timeout(Some(opts.request_timeout)))
+            .map_err(|source| FrontendError::Connect {
+                path: path.to_owned(),
+                source,
+                waited: Duration::ZERO,
+            })?;
         // Two queues are ours to set up; the event queue stays with the frontend.
         let mut frontend = Frontend::from_stream(stream, 2);
         req("SET_OWNER", frontend.set_owner())?;

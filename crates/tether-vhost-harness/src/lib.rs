@@ -12,6 +12,17 @@
 //! * [`scenarios`]: conformance scenarios runnable against any backend.
 //! * [`bench`]: throughput and latency measurements.
 //!
+//! Running the scenarios and the benchmark against vhost-device-vsock and, optionally, a
+//! second backend command (flags `--socket`, `--uds-path`, `--guest-cid` are appended
+//! unless the command uses `{socket}`, `{uds}`, `{cid}` placeholders):
+//!
+//! ```text
+//! cargo run --release -p tether-vhost-harness --example scenarios -- "target/release/tether device"
+//! TETHER_DEVICE_CMD="target/release/tether device" cargo bench -p tether-vhost-harness
+//! ```
+//!
+//! Using the pieces directly:
+//!
 //! ```no_run
 //! use std::io::{Read, Write};
 //! use std::time::Duration;

@@ -189,10 +189,13 @@ impl GuestConn {
     }
 
     fn flush(&self, st: &mut State) -> Result<(), ConnError> {
-        st.flush()
+        let changed = st
+            .flush()
             .map_err(|e| ConnError::Stopped(format!("guest ring error: {e}")))?;
-        // Others may wait on what this flush changed (closes, freed tx room).
-        self.shared.changed.notify_all();
+        if changed {
+            // Others may wait on what this flush changed (closes, freed tx room).
+            self.shared.changed.notify_all();
+        }
         Ok(())
     }
 

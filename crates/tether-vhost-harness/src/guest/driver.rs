@@ -98,11 +98,13 @@ impl State {
         Ok(changed)
     }
 
-    /// The transmit half only, for API calls after they fed the engine.
-    pub fn flush(&mut self) -> Result<(), RingError> {
-        self.handle_events();
-        self.reclaim_tx()?;
-        self.transmit()
+    /// The transmit half only, for API calls after they fed the engine. Returns whether
+    /// something changed that other waiters might care about.
+    pub fn flush(&mut self) -> Result<bool, RingError> {
+        let mut changed = self.handle_events();
+        changed |= self.reclaim_tx()?;
+        self.transmit()?;
+        Ok(changed)
     }
 
     fn reclaim_tx(&mut self) -> Result<bool, RingError> {

@@ -193,3 +193,20 @@ pub fn packets_for(guest: &crate::guest::Guest, mark: u64, guest_port: u32) -> S
         ops.join(" ")
     }
 }
+
+/// Raises this process's open-file limit to at least `want` (backends spawned afterwards
+/// inherit it): a thousand connections take two thousand descriptors here.
+pub fn raise_fd_limit(want: u64) -> Result<(), Fail> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft >= want {
+        return Ok(());
+    }
+    if hard < want {
+        return Err(Fail(format!(
+            "the open-file limit (hard {hard}) is below the {want} this scenario needs"
+        )));
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, want, hard)?;
+    Ok(())
+}
