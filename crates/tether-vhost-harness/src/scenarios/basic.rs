@@ -181,13 +181,13 @@ fn host_connect_refused(ctx: &mut Ctx<'_>) -> Check {
     let start = Instant::now();
     let r = hybrid::connect(backend.uds_path(), 4321, ctx.settings.timeout);
     let took = start.elapsed();
-    let rst_sent = guest
+    let request_seen = guest
         .rx_since(mark)
         .iter()
         .any(|r| r.header.dst_port == 4321);
     match r {
         Err(HandshakeError::Closed { got }) if got.is_empty() => Ok(format!(
-            "socket closed without a line after {} (REQUEST reached the guest: {rst_sent})",
+            "socket closed without a line after {} (REQUEST reached the guest: {request_seen})",
             ms(took)
         )),
         Err(HandshakeError::Closed { got }) => Err(Fail(format!(
