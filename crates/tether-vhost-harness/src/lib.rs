@@ -10,7 +10,7 @@
 //!   layer, with a blocking API ([`Guest`], [`GuestConn`]) and raw packet access.
 //! * [`backend`]: spawns a backend process in a fresh temporary directory.
 //! * [`scenarios`]: conformance scenarios runnable against any backend.
-//! * [`bench`]: throughput and latency measurements.
+//! * [`bench`](mod@bench): throughput and latency measurements.
 //!
 //! Running the scenarios and the benchmark against vhost-device-vsock and, optionally, a
 //! second backend command (flags `--socket`, `--uds-path`, `--guest-cid` are appended
