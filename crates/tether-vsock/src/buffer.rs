@@ -57,8 +57,14 @@ impl SendQueue {
         self.len = 0;
     }
 
-    /// Takes up to `max` bytes from the front, never crossing a message boundary.
+    /// Takes up to `max` bytes from the front, never crossing a message boundary. Stream
+    /// chunks are joined when the front one is shorter than `max`: small writes leave in
+    /// full packets instead of one packet each.
     pub fn take(&mut self, max: usize) -> Option<Piece> {
+        let front = self.chunks.front()?;
+        if !front.eom && front.data.len() < max && self.chunks.len() > 1 {
+            return Some(self.gather_stream(max));
+        }
         let front = self.chunks.front_mut()?;
         let n = front.data.len().min(max);
         let data = front.data.split_to(n);
@@ -76,10 +82,48 @@ impl SendQueue {
         Some(Piece { data, flags })
     }
 
-    /// Bytes left in the front chunk: a packet must not carry more, so that a seqpacket
-    /// message boundary always ends a packet.
-    pub fn front_len(&self) -> usize {
-        self.chunks.front().map_or(0, |c| c.data.len())
+    /// Copies stream chunks from the front into one piece of at most `max` bytes.
+    fn gather_stream(&mut self, max: usize) -> Piece {
+        let mut buf = BytesMut::with_capacity(max.min(self.len));
+        while buf.len() < max {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            if front.eom {
+                break;
+            }
+            let n = front.data.len().min(max - buf.len());
+            buf.extend_from_slice(&front.data[..n]);
+            front.data.advance(n);
+            if front.data.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+        self.len -= buf.len();
+        Piece {
+            data: buf.freeze(),
+            flags: 0,
+        }
+    }
+
+    /// Bytes the next packet may carry, at most `max`: the rest of a seqpacket message
+    /// (a boundary always ends a packet), or the run of stream chunks at the front.
+    pub fn next_len(&self, max: usize) -> usize {
+        let mut total = 0;
+        for chunk in &self.chunks {
+            if chunk.eom {
+                return if total == 0 {
+                    chunk.data.len().min(max)
+                } else {
+                    total
+                };
+            }
+            total += chunk.data.len();
+            if total >= max {
+                return max;
+            }
+        }
+        total
     }
 }
 
@@ -190,6 +234,22 @@ mod tests {
         assert_eq!((&p.data[..], p.flags), (&b"gh"[..], EOM));
         assert!(q.take(100).is_none());
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn stream_chunks_join_into_one_piece() {
+        let mut q = SendQueue::default();
+        for part in [&b"ab"[..], b"cde", b"fghij"] {
+            q.push(Bytes::copy_from_slice(part), false, false);
+        }
+        assert_eq!(q.next_len(100), 10);
+        assert_eq!(q.next_len(4), 4);
+        let p = q.take(4).unwrap();
+        assert_eq!(&p.data[..], b"abcd");
+        assert_eq!(q.len(), 6);
+        let p = q.take(100).unwrap();
+        assert_eq!(&p.data[..], b"efghij");
+        assert!(q.is_empty() && q.take(100).is_none());
     }
 
     #[test]

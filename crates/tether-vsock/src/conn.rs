@@ -134,7 +134,7 @@ impl Conn {
         if !self.is_open() || self.send.is_empty() {
             return None;
         }
-        let want = self.send.front_len().min(max_payload as usize) as u32;
+        let want = self.send.next_len(max_payload as usize) as u32;
         if want == 0 {
             return Some(0);
         }
