@@ -1,7 +1,7 @@
 //! One host-side Unix stream and the vsock connection it is bridged to.
 
 use crate::connect_line::ConnectLine;
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use std::io::{self, Read, Write};
 use std::net::Shutdown as NetShutdown;
 use std::os::unix::net::UnixStream;
@@ -165,7 +165,7 @@ impl HostConn {
         }
         match engine.recv_bytes(id, CHUNK) {
             Ok(bytes) if !bytes.is_empty() => {
-                self.out = bytes;
+                self.out = gather_small(engine, id, bytes);
                 true
             }
             Ok(_) => {
@@ -205,6 +205,25 @@ impl HostConn {
             None => Outcome::Live,
         }
     }
+}
+
+/// Joins a small received packet with the ones queued behind it, so a guest writing in
+/// small pieces costs one host write per batch rather than one per packet. Large packets
+/// go out as they are, without a copy.
+fn gather_small(engine: &mut Engine, id: ConnId, first: Bytes) -> Bytes {
+    const SMALL: usize = 16 * 1024;
+    let more = engine.readable_len(id);
+    if first.len() >= SMALL || more == 0 {
+        return first;
+    }
+    let total = (first.len() + more).min(CHUNK);
+    let mut buf = BytesMut::with_capacity(total);
+    buf.extend_from_slice(&first);
+    let start = buf.len();
+    buf.resize(total, 0);
+    let n = engine.recv(id, &mut buf[start..]).unwrap_or(0);
+    buf.truncate(start + n);
+    buf.freeze()
 }
 
 /// Room in the engine's send queue for this connection (0 once it cannot send).
