@@ -101,6 +101,9 @@ pub struct Throughput {
     pub bytes: usize,
     /// From the first write to the last byte read.
     pub elapsed: Duration,
+    /// RW packets the guest received (host to guest) or data packets it sent (guest to
+    /// host) for the cell: bytes over packets is the mean packet size.
+    pub packets: u64,
 }
 
 impl Throughput {
@@ -142,16 +145,24 @@ pub fn run(spec: &Backend, settings: &BenchSettings) -> Result<BenchReport, Benc
         for (i, &size) in settings.write_sizes.iter().enumerate() {
             let bytes = (settings.bytes_for)(size);
             let port = 2000 + i as u32 + 100 * (direction as u32);
+            guest.reset_stats();
             let elapsed = match direction {
                 Direction::HostToGuest => host_to_guest(&backend, &guest, port, size, bytes),
                 Direction::GuestToHost => guest_to_host(&backend, &guest, port, size, bytes),
             }
             .map_err(|e| with_stderr(e, &backend))?;
+            let stats = guest.stats();
+            let packets = match direction {
+                Direction::HostToGuest => stats.rx_rw_packets,
+                // Control packets are few next to data here: the handshake and updates.
+                Direction::GuestToHost => stats.tx_packets,
+            };
             throughput.push(Throughput {
                 direction,
                 write_size: size,
                 bytes,
                 elapsed,
+                packets,
             });
         }
     }
@@ -322,7 +333,7 @@ pub fn format_reports(reports: &[&BenchReport]) -> String {
         .map(|r| r.backend.len())
         .max()
         .unwrap_or(0)
-        .max(14);
+        .max(26);
     let _ = write!(out, "{:28}", "");
     for r in reports {
         let _ = write!(out, "  {:>col$}", r.backend);
@@ -341,8 +352,12 @@ pub fn format_reports(reports: &[&BenchReport]) -> String {
             .iter()
             .map(|r| r.throughput.get(i).map_or(0.0, Throughput::gbps))
             .collect();
-        for v in &values {
-            let _ = write!(out, "  {:>col$}", format!("{v:.2} Gbps"));
+        for (v, r) in values.iter().zip(reports) {
+            let mean = r
+                .throughput
+                .get(i)
+                .map_or(0, |c| c.bytes as u64 / c.packets.max(1));
+            let _ = write!(out, "  {:>col$}", format!("{v:.2} Gbps ({mean} B/pkt)"));
         }
         ratio(&mut out, values[0], values[values.len() - 1], reports.len());
         out.push('\n');
