@@ -114,6 +114,9 @@ pub fn code_name(code: ErrorCode) -> &'static str {
         ErrorCode::BadFrame => "bad-frame",
         ErrorCode::Spawn => "spawn",
         ErrorCode::Denied => "denied",
+        ErrorCode::NotFound => "not-found",
+        ErrorCode::Io => "io",
+        ErrorCode::Checksum => "checksum",
         ErrorCode::Internal => "internal",
         ErrorCode::Other => "other",
     }

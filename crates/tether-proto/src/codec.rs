@@ -180,6 +180,34 @@ pub fn decode_payload(kind: Kind, mut p: Bytes) -> Result<Frame, ProtoError> {
             Frame::InfoRequest
         }
         Kind::Info => Frame::Info(json(kind, &p)?),
+        Kind::CopyOut => Frame::CopyOut(json(kind, &p)?),
+        Kind::CopyIn => Frame::CopyIn(json(kind, &p)?),
+        Kind::Entry => Frame::Entry(json(kind, &p)?),
+        Kind::FileData => Frame::FileData(p),
+        Kind::EntryEnd => {
+            exact(kind, &p, 32)?;
+            let mut sha256 = [0u8; 32];
+            p.copy_to_slice(&mut sha256);
+            Frame::EntryEnd { sha256 }
+        }
+        Kind::CopyDone => Frame::CopyDone(json(kind, &p)?),
+        Kind::Connect => Frame::Connect(json(kind, &p)?),
+        Kind::Connected => {
+            exact(kind, &p, 0)?;
+            Frame::Connected
+        }
+        Kind::Listen => Frame::Listen(json(kind, &p)?),
+        Kind::Listening => Frame::Listening(json(kind, &p)?),
+        Kind::Accepted => Frame::Accepted(json(kind, &p)?),
+        Kind::Attach => {
+            #[derive(serde::Deserialize)]
+            struct Attach {
+                id: u64,
+            }
+            Frame::Attach {
+                id: json::<Attach>(kind, &p)?.id,
+            }
+        }
     })
 }
 
@@ -211,10 +239,13 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtoError> {
         Frame::Error(e) => put_json(dst, e),
         Frame::Exec(r) => put_json(dst, r),
         Frame::Started { pid } => put_json(dst, &serde_json::json!({ "pid": pid })),
-        Frame::Stdin(b) | Frame::Stdout(b) | Frame::Stderr(b) | Frame::Ping(b) | Frame::Pong(b) => {
-            dst.put_slice(b)
-        }
-        Frame::StdinEof | Frame::InfoRequest => {}
+        Frame::Stdin(b)
+        | Frame::Stdout(b)
+        | Frame::Stderr(b)
+        | Frame::Ping(b)
+        | Frame::Pong(b)
+        | Frame::FileData(b) => dst.put_slice(b),
+        Frame::StdinEof | Frame::InfoRequest | Frame::Connected => {}
         Frame::Resize { rows, cols } => {
             dst.put_u16_le(*rows);
             dst.put_u16_le(*cols);
@@ -222,6 +253,16 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtoError> {
         Frame::Signal(s) => dst.put_i32_le(*s),
         Frame::Exit(x) => put_json(dst, x),
         Frame::Info(i) => put_json(dst, i),
+        Frame::CopyOut(r) => put_json(dst, r),
+        Frame::CopyIn(r) => put_json(dst, r),
+        Frame::Entry(e) => put_json(dst, e),
+        Frame::EntryEnd { sha256 } => dst.put_slice(sha256),
+        Frame::CopyDone(s) => put_json(dst, s),
+        Frame::Connect(r) => put_json(dst, r),
+        Frame::Listen(r) => put_json(dst, r),
+        Frame::Listening(l) => put_json(dst, l),
+        Frame::Accepted(a) => put_json(dst, a),
+        Frame::Attach { id } => put_json(dst, &serde_json::json!({ "id": id })),
     }
     let len = dst.len() - start - HEADER_LEN;
     if len > MAX_PAYLOAD {

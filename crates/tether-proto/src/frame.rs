@@ -1,6 +1,9 @@
 //! Frames: one kind byte, a length, a payload.
 
-use crate::messages::{ErrorMsg, ExecRequest, ExitStatus, Hello, Info, Welcome};
+use crate::messages::{
+    Accepted, ConnectRequest, CopyInRequest, CopyOutRequest, CopySummary, ErrorMsg, ExecRequest,
+    ExitStatus, FileEntry, Hello, Info, ListenRequest, Listening, Welcome,
+};
 use bytes::Bytes;
 
 /// The kind byte of each frame.
@@ -39,11 +42,37 @@ pub enum Kind {
     InfoRequest = 0x22,
     /// Agent → client: the description (JSON).
     Info = 0x23,
+    /// Client → agent: send me the file or tree at this path (JSON).
+    CopyOut = 0x30,
+    /// Client → agent: store the tree I am about to send at this path (JSON).
+    CopyIn = 0x31,
+    /// Sender → receiver: the next file, directory or symlink of a copy (JSON).
+    Entry = 0x32,
+    /// Sender → receiver: bytes of the current file entry (raw).
+    FileData = 0x33,
+    /// Sender → receiver: the current file's content ends; its SHA-256 (binary, 32 bytes).
+    EntryEnd = 0x34,
+    /// Sender → receiver: no more entries; the receiver answers with its own summary once
+    /// everything is in place (JSON).
+    CopyDone = 0x35,
+    /// Client → agent: connect me to this destination in the guest (JSON).
+    Connect = 0x40,
+    /// Agent → client: connected; raw bytes both ways from here on, no more frames (empty).
+    Connected = 0x41,
+    /// Client → agent: listen on this address in the guest and tell me of connections (JSON).
+    Listen = 0x42,
+    /// Agent → client: listening, on this address (JSON).
+    Listening = 0x43,
+    /// Agent → client: a connection arrived on the listener; claim it with `Attach` (JSON).
+    Accepted = 0x44,
+    /// Client → agent, on a new connection: splice me to that accepted connection (JSON
+    /// `{"id": N}`); the agent answers `Connected`.
+    Attach = 0x45,
 }
 
 impl Kind {
     /// Every kind, for lookups and tests.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 28] = [
         Kind::Hello,
         Kind::Welcome,
         Kind::Error,
@@ -60,6 +89,18 @@ impl Kind {
         Kind::Pong,
         Kind::InfoRequest,
         Kind::Info,
+        Kind::CopyOut,
+        Kind::CopyIn,
+        Kind::Entry,
+        Kind::FileData,
+        Kind::EntryEnd,
+        Kind::CopyDone,
+        Kind::Connect,
+        Kind::Connected,
+        Kind::Listen,
+        Kind::Listening,
+        Kind::Accepted,
+        Kind::Attach,
     ];
 
     /// The kind for a byte, if it names one.
@@ -111,6 +152,36 @@ pub enum Frame {
     InfoRequest,
     /// See [`Kind::Info`].
     Info(Info),
+    /// See [`Kind::CopyOut`].
+    CopyOut(CopyOutRequest),
+    /// See [`Kind::CopyIn`].
+    CopyIn(CopyInRequest),
+    /// See [`Kind::Entry`].
+    Entry(FileEntry),
+    /// See [`Kind::FileData`].
+    FileData(Bytes),
+    /// See [`Kind::EntryEnd`].
+    EntryEnd {
+        /// SHA-256 of the file's content as sent.
+        sha256: [u8; 32],
+    },
+    /// See [`Kind::CopyDone`].
+    CopyDone(CopySummary),
+    /// See [`Kind::Connect`].
+    Connect(ConnectRequest),
+    /// See [`Kind::Connected`].
+    Connected,
+    /// See [`Kind::Listen`].
+    Listen(ListenRequest),
+    /// See [`Kind::Listening`].
+    Listening(Listening),
+    /// See [`Kind::Accepted`].
+    Accepted(Accepted),
+    /// See [`Kind::Attach`].
+    Attach {
+        /// The id from [`Kind::Accepted`].
+        id: u64,
+    },
 }
 
 impl Frame {
@@ -133,6 +204,18 @@ impl Frame {
             Frame::Pong(_) => Kind::Pong,
             Frame::InfoRequest => Kind::InfoRequest,
             Frame::Info(_) => Kind::Info,
+            Frame::CopyOut(_) => Kind::CopyOut,
+            Frame::CopyIn(_) => Kind::CopyIn,
+            Frame::Entry(_) => Kind::Entry,
+            Frame::FileData(_) => Kind::FileData,
+            Frame::EntryEnd { .. } => Kind::EntryEnd,
+            Frame::CopyDone(_) => Kind::CopyDone,
+            Frame::Connect(_) => Kind::Connect,
+            Frame::Connected => Kind::Connected,
+            Frame::Listen(_) => Kind::Listen,
+            Frame::Listening(_) => Kind::Listening,
+            Frame::Accepted(_) => Kind::Accepted,
+            Frame::Attach { .. } => Kind::Attach,
         }
     }
 }

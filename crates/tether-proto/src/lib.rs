@@ -18,6 +18,7 @@ pub use auth::{Proof, AUTH_WINDOW_SECS};
 pub use codec::{decode_payload, encode, header, FrameCodec, ProtoError, HEADER_LEN, MAX_PAYLOAD};
 pub use frame::{Frame, Kind};
 pub use messages::{
-    ErrorCode, ErrorMsg, ExecRequest, ExitStatus, Features, Hello, Info, Tty, Welcome,
-    PROTOCOL_VERSION,
+    Accepted, ConnectRequest, CopyInRequest, CopyOutRequest, CopySummary, EntryKind, ErrorCode,
+    ErrorMsg, ExecRequest, ExitStatus, Features, FileEntry, Hello, Info, ListenRequest, Listening,
+    Tty, Welcome, PROTOCOL_VERSION,
 };

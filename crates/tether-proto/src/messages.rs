@@ -15,8 +15,13 @@ impl Features {
     pub const EXEC: Features = Features(1 << 0);
     /// Commands on a terminal.
     pub const TTY: Features = Features(1 << 1);
+    /// Copying files and trees both ways (`CopyOut`, `CopyIn`).
+    pub const FILES: Features = Features(1 << 2);
+    /// Connections to guest destinations and guest listeners (`Connect`, `Listen`).
+    pub const FORWARD: Features = Features(1 << 3);
     /// What this crate implements.
-    pub const ALL: Features = Features(Features::EXEC.0 | Features::TTY.0);
+    pub const ALL: Features =
+        Features(Features::EXEC.0 | Features::TTY.0 | Features::FILES.0 | Features::FORWARD.0);
 
     /// Whether every bit of `other` is set.
     pub fn contains(self, other: Features) -> bool {
@@ -64,6 +69,12 @@ pub enum ErrorCode {
     Spawn,
     /// The agent refused by policy.
     Denied,
+    /// A path or destination does not exist.
+    NotFound,
+    /// A file operation failed (permissions, disk full, not a directory, ...).
+    Io,
+    /// A copied file's content does not match its checksum.
+    Checksum,
     /// Something failed inside the agent.
     Internal,
     /// A code from a newer peer.
@@ -238,4 +249,105 @@ pub struct Info {
     /// Seconds since the agent started.
     #[serde(default)]
     pub uptime_secs: u64,
+}
+
+/// What kind of filesystem object a [`FileEntry`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EntryKind {
+    /// A regular file; its content follows in `FileData` frames and an `EntryEnd`.
+    File,
+    /// A directory; entries under it follow with paths that start with its path.
+    Dir,
+    /// A symbolic link, copied as a link (never followed).
+    Symlink,
+}
+
+/// One object of a copied tree (JSON). Paths are relative to the copy's root, with `/`
+/// separators, never absolute and never containing `..`; the root itself has the path of
+/// its own name (the last component of the source path).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Where it goes, relative to the destination.
+    pub path: String,
+    /// File, directory or symlink.
+    pub kind: EntryKind,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Owner, applied when the receiver may (it runs as root).
+    #[serde(default)]
+    pub uid: u32,
+    /// Group, applied when the receiver may.
+    #[serde(default)]
+    pub gid: u32,
+    /// Modification time, nanoseconds since the Unix epoch.
+    #[serde(default)]
+    pub mtime_ns: i64,
+    /// Content length of a file (the sum of its `FileData` frames).
+    #[serde(default)]
+    pub size: u64,
+    /// Where a symlink points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// `CopyOut`: the path to read in the guest (JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyOutRequest {
+    /// A file, directory or symlink in the guest.
+    pub path: String,
+}
+
+/// `CopyIn`: where the entries that follow go in the guest (JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyInRequest {
+    /// The destination. When it is an existing directory the copied root lands inside it
+    /// under its own name; otherwise the root is created as this path.
+    pub dest: String,
+}
+
+/// `CopyDone`: what a copy moved (JSON).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopySummary {
+    /// Regular files.
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Content bytes of the files.
+    pub bytes: u64,
+}
+
+/// `Connect`: a destination in the guest (JSON), as an endpoint URI
+/// (`tcp://127.0.0.1:80`, `unix:///run/app.sock`, `vsock://2:5000`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectRequest {
+    /// Where to connect.
+    pub target: String,
+}
+
+/// `Listen`: an address to listen on in the guest (JSON), as an endpoint URI
+/// (`tcp://127.0.0.1:5432`, `unix:///run/host-db.sock`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenRequest {
+    /// Where to listen.
+    pub bind: String,
+}
+
+/// `Listening`: the address actually bound (JSON), e.g. with the port chosen for `:0`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listening {
+    /// The bound endpoint URI.
+    pub bound: String,
+}
+
+/// `Accepted`: a connection waiting on a guest listener (JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// Claim it with `Attach { id }` on a new connection.
+    pub id: u64,
+    /// Who connected, for logs.
+    #[serde(default)]
+    pub peer: String,
 }
