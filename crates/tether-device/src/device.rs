@@ -44,6 +44,10 @@ pub struct Device {
     engine: Engine,
     epoll: Epoll,
     timer: TimerFd,
+    /// When the timer is set to fire; re-arming only on change saves a syscall per event.
+    timer_at: Option<Instant>,
+    /// Reused by every poll of the host sockets.
+    events: Vec<EpollEvent>,
     listener: UnixListener,
     conns: HashMap<u64, HostConn>,
     by_id: HashMap<ConnId, u64>,
@@ -79,6 +83,8 @@ impl Device {
             engine,
             epoll,
             timer,
+            timer_at: None,
+            events: vec![EpollEvent::default(); 64],
             listener,
             conns: HashMap::new(),
             by_id: HashMap::new(),
@@ -126,14 +132,14 @@ impl Device {
 
     /// Handles whatever the host side has ready, without blocking.
     pub fn poll_host(&mut self) {
-        let mut events = vec![EpollEvent::default(); 64];
+        let mut events = std::mem::take(&mut self.events);
         loop {
             let n = match self.epoll.wait(0, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     warn!("epoll_wait on host sockets: {e}");
-                    return;
+                    break;
                 }
             };
             for event in &events[..n] {
@@ -143,6 +149,7 @@ impl Device {
                 break;
             }
         }
+        self.events = events;
         self.drain_engine_events(Instant::now());
     }
 
@@ -152,6 +159,7 @@ impl Device {
             TOKEN_LISTENER => self.accept_clients(now),
             TOKEN_TIMER => {
                 let _ = self.timer.wait();
+                self.timer_at = None;
                 self.engine.handle_timeout(now);
                 self.expire_lines(now);
             }
@@ -411,6 +419,10 @@ impl Device {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        if next == self.timer_at {
+            return;
+        }
+        self.timer_at = next;
         let result = match next {
             Some(when) => {
                 // A zero duration would disarm the timer: fire in a nanosecond instead.
