@@ -3,7 +3,9 @@
 //! Serves the protocol of docs/protocol.md on any [`tether_transport::Listener`]: runs
 //! commands with streamed stdio or a terminal, delivers signals to their process groups,
 //! enforces timeouts, reports exit codes and signals distinctly, and reaps every child
-//! from a single `waitpid` owner (so it can run as PID 1).
+//! from a single `waitpid` owner (so it can run as PID 1). It forwards connections to
+//! guest destinations and from guest listeners, to and from the places its
+//! [`AgentConfig`] allows ([`Pattern`]s).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,7 +19,9 @@
 
 mod auth;
 mod exec;
+mod forward;
 pub mod init;
+mod policy;
 mod reaper;
 mod session;
 mod spawn;
@@ -30,6 +34,8 @@ use tether_transport::{Endpoint, Listener, Remote, TransportError};
 use thiserror::Error;
 
 pub use auth::Auth;
+pub use forward::{CLAIM_TIMEOUT, MAX_UNCLAIMED};
+pub use policy::{ParsePatternError, Pattern};
 
 /// How the agent behaves.
 #[derive(Clone, Debug)]
@@ -38,6 +44,10 @@ pub struct AgentConfig {
     pub token: Option<Vec<u8>>,
     /// vsock (and mux) CIDs allowed to connect. Default: only the host, CID 2.
     pub allow_cids: Vec<u64>,
+    /// Guest destinations clients may connect to (CONNECT). Default: none.
+    pub allow_connect: Vec<Pattern>,
+    /// Guest addresses clients may listen on (LISTEN). Default: none.
+    pub allow_listen: Vec<Pattern>,
 }
 
 impl Default for AgentConfig {
@@ -45,6 +55,8 @@ impl Default for AgentConfig {
         AgentConfig {
             token: None,
             allow_cids: vec![2],
+            allow_connect: Vec::new(),
+            allow_listen: Vec::new(),
         }
     }
 }
@@ -68,6 +80,7 @@ pub(crate) struct Ctx {
     pub(crate) reaper: reaper::Reaper,
     pub(crate) auth: Auth,
     pub(crate) started: Instant,
+    pub(crate) forward: forward::Forwarding,
     allow_cids: Vec<u64>,
 }
 
@@ -99,6 +112,7 @@ impl Agent {
                 reaper: reaper::Reaper::start()?,
                 auth: Auth::new(config.token),
                 started: Instant::now(),
+                forward: forward::Forwarding::new(config.allow_connect, config.allow_listen),
                 allow_cids: config.allow_cids,
             }),
         })

@@ -8,6 +8,7 @@ use tether_proto::{
     ErrorCode, ErrorMsg, Features, Frame, FrameCodec, Info, ProtoError, Welcome, PROTOCOL_VERSION,
 };
 use tether_transport::Stream;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
@@ -32,23 +33,35 @@ pub async fn serve(stream: Stream, ctx: Arc<Ctx>) {
     let mut frames = FramedRead::new(rd, FrameCodec);
     let (out, rx) = mpsc::channel(crate::writer::QUEUE);
     let writer = tokio::spawn(crate::writer::run(wr, rx));
-    if let Err(e) = converse(&mut frames, &out, &ctx).await {
+    let mut splice = None;
+    if let Err(e) = converse(&mut frames, &out, &ctx, &mut splice).await {
         tracing::debug!(%remote, "refused: {}", e.message);
         let _ = out.send(Frame::Error(e)).await;
     }
+    // The writer drains what was queued and hands the write half back.
     drop(out);
-    drop(frames);
-    if let Ok(Err(e)) = writer.await {
-        tracing::debug!(%remote, "connection ended: {e}");
+    let Ok((mut wr, written)) = writer.await else {
+        return;
+    };
+    match (written, splice) {
+        (Err(e), _) => tracing::debug!(%remote, "connection ended: {e}"),
+        (Ok(()), Some(target)) => crate::forward::splice(frames, wr, target).await,
+        (Ok(()), None) => {
+            drop(frames);
+            let _ = wr.shutdown().await;
+        }
     }
 }
 
-type Frames = FramedRead<tokio::io::ReadHalf<Stream>, FrameCodec>;
+pub(crate) type Frames = FramedRead<tokio::io::ReadHalf<Stream>, FrameCodec>;
 
+/// Handshake and request. A forwarding request that succeeds leaves the stream to join
+/// this connection to in `splice`: raw bytes follow CONNECTED, no more frames.
 async fn converse(
     frames: &mut Frames,
     out: &mpsc::Sender<Frame>,
     ctx: &Arc<Ctx>,
+    splice: &mut Option<Stream>,
 ) -> Result<(), ErrorMsg> {
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, frames.next()).await {
         Err(_) => return Err(ErrorMsg::new(ErrorCode::BadHello, "no hello within 10 s")),
@@ -83,10 +96,19 @@ async fn converse(
         }
         Some(Ok(Frame::Ping(p))) => ping(p, frames, out).await,
         Some(Ok(Frame::InfoRequest)) => send(out, Frame::Info(info(ctx))).await,
+        Some(Ok(Frame::Connect(req))) => {
+            *splice = Some(ctx.forward.connect(&req.target).await?);
+            send(out, Frame::Connected).await
+        }
+        Some(Ok(Frame::Listen(req))) => ctx.forward.listen(req, frames, out).await,
+        Some(Ok(Frame::Attach { id })) => {
+            *splice = Some(ctx.forward.attach(id)?);
+            send(out, Frame::Connected).await
+        }
         Some(Ok(f)) => Err(ErrorMsg::new(
             ErrorCode::BadFrame,
             format!(
-                "expected a request (EXEC, PING, INFO_REQUEST), got a {:?} frame",
+                "expected a request (EXEC, PING, INFO_REQUEST, CONNECT, LISTEN, ATTACH), got a {:?} frame",
                 f.kind()
             ),
         )),

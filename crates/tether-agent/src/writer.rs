@@ -11,8 +11,20 @@ use tokio::sync::mpsc;
 /// backpressure from a slow client all the way to the command's pipes.
 pub const QUEUE: usize = 8;
 
-/// Writes frames from `rx` to `w` until every sender is gone, then half-closes `w`.
-pub async fn run<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Frame>) -> io::Result<()> {
+/// Writes frames from `rx` to `w` until every sender is gone and flushes; hands `w`
+/// back, so the session can half-close it or, after CONNECTED, carry raw bytes on it.
+pub async fn run<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::Receiver<Frame>,
+) -> (W, io::Result<()>) {
+    let result = write_frames(&mut w, &mut rx).await;
+    (w, result)
+}
+
+async fn write_frames<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    rx: &mut mpsc::Receiver<Frame>,
+) -> io::Result<()> {
     let mut small = BytesMut::with_capacity(4096);
     while let Some(frame) = rx.recv().await {
         match &frame {
@@ -23,7 +35,7 @@ pub async fn run<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Frame>)
                     small.clear();
                 }
                 let h = header(frame.kind(), b.len());
-                write_two(&mut w, &h, b).await?;
+                write_two(w, &h, b).await?;
             }
             _ => {
                 encode(&frame, &mut small).map_err(io::Error::other)?;
@@ -38,8 +50,7 @@ pub async fn run<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Frame>)
     if !small.is_empty() {
         w.write_all(&small).await?;
     }
-    w.flush().await?;
-    w.shutdown().await
+    w.flush().await
 }
 
 async fn write_two<W: AsyncWrite + Unpin>(w: &mut W, a: &[u8], b: &[u8]) -> io::Result<()> {
