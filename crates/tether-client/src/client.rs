@@ -196,7 +196,11 @@ impl Client {
     }
 
     /// Dials, writes the hello and `request` in one write, reads WELCOME.
-    async fn open(&self, features: Features, request: Option<&Frame>) -> Result<Conn, ClientError> {
+    pub(crate) async fn open(
+        &self,
+        features: Features,
+        request: Option<&Frame>,
+    ) -> Result<Conn, ClientError> {
         let stream = self.transport.dial_peer(&self.peer).await?;
         let remote = stream.remote().clone();
         tracing::debug!(%remote, "connected to the agent");
@@ -247,7 +251,7 @@ impl Client {
     }
 
     /// The next frame, within the reply timeout.
-    async fn reply(
+    pub(crate) async fn reply(
         &self,
         rd: &mut FrameReader,
         what: &'static str,
@@ -268,11 +272,12 @@ async fn write_all(wr: &mut FrameWriter, buf: &[u8]) -> std::io::Result<()> {
     wr.flush().await
 }
 
-struct Conn {
-    rd: FrameReader,
-    wr: FrameWriter,
-    welcome: Welcome,
-    remote: Remote,
+/// An agent connection past the handshake.
+pub(crate) struct Conn {
+    pub(crate) rd: FrameReader,
+    pub(crate) wr: FrameWriter,
+    pub(crate) welcome: Welcome,
+    pub(crate) remote: Remote,
 }
 
 /// The next frame, with the end of the connection and I/O failures as

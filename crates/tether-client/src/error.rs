@@ -75,6 +75,27 @@ pub enum ClientError {
     /// was asked for again after an error was reported.
     #[error("the session has ended")]
     SessionEnded,
+    /// The agent did not forward: the destination or listen address is not allowed by
+    /// its policy (`denied`), nothing listens there (`not-found`), connecting or binding
+    /// failed (`io`), or the address is not one it forwards (`bad-frame`).
+    #[error("{}", forward_text(*.code, .target, .message))]
+    Forward {
+        /// The destination, listen address or accepted connection asked for.
+        target: String,
+        /// The agent's error code.
+        code: ErrorCode,
+        /// The agent's explanation.
+        message: String,
+    },
+    /// A guest listener's control connection ended: the agent stopped or the connection
+    /// to it broke, so the guest listener is gone.
+    #[error("the guest listener on {bound} ended: {detail}")]
+    ListenerEnded {
+        /// The guest address it listened on.
+        bound: String,
+        /// What was seen.
+        detail: String,
+    },
 }
 
 impl ClientError {
@@ -83,7 +104,22 @@ impl ClientError {
         match self {
             ClientError::Agent { code, .. } => Some(*code),
             ClientError::Auth(_) => Some(ErrorCode::Auth),
+            ClientError::Forward { code, .. } => Some(*code),
             _ => None,
+        }
+    }
+
+    /// The error for an ERROR frame answering a forwarding request about `target`.
+    pub(crate) fn from_forward(target: &str, e: ErrorMsg) -> ClientError {
+        match e.code {
+            ErrorCode::Denied | ErrorCode::NotFound | ErrorCode::Io | ErrorCode::BadFrame => {
+                ClientError::Forward {
+                    target: target.to_string(),
+                    code: e.code,
+                    message: e.message,
+                }
+            }
+            _ => ClientError::from_agent(e),
         }
     }
 
@@ -119,6 +155,14 @@ pub fn code_name(code: ErrorCode) -> &'static str {
         ErrorCode::Checksum => "checksum",
         ErrorCode::Internal => "internal",
         ErrorCode::Other => "other",
+    }
+}
+
+fn forward_text(code: ErrorCode, target: &str, message: &str) -> String {
+    match code {
+        ErrorCode::Denied => format!("the agent refused: {message}"),
+        ErrorCode::NotFound => format!("nothing to connect to at {target} in the guest: {message}"),
+        _ => format!("forwarding {target} failed in the guest: {message}"),
     }
 }
 

@@ -12,6 +12,9 @@
 //!   agent), a cloneable [`Control`] for resize and signals, and
 //!   [`wait`](Session::wait) for the [`ExitStatus`].
 //! * [`Pinger`] and [`PingStats`]: round trips on one connection.
+//! * Port forwarding: [`Client::connect_guest`] gives a [`GuestStream`] to a guest
+//!   destination; [`Client::listen_guest`] a [`GuestListener`] whose guest connections
+//!   come back as [`GuestStream`]s too (raw bytes, half-close by `shutdown()`).
 //! * [`ClientError`]: why an operation failed (the agent's ERROR frames, a lost
 //!   connection, a refused token, ...). A command that fails is not an error: its
 //!   status says how it ended.
@@ -34,12 +37,14 @@
 mod client;
 mod command;
 mod error;
+mod forward;
 mod ping;
 mod session;
 
 pub use client::Client;
 pub use command::Command;
 pub use error::{code_name, ClientError};
+pub use forward::{GuestListener, GuestStream, Incoming};
 pub use ping::{PingStats, Pinger};
 pub use session::{Control, Output, Session, SessionOutput, SessionStdin, STDIN_CHUNK};
 pub use tether_proto::{ErrorCode, ExitStatus, Info};
