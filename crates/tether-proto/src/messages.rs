@@ -317,6 +317,9 @@ pub struct CopySummary {
     pub symlinks: u64,
     /// Content bytes of the files.
     pub bytes: u64,
+    /// Objects the sender left out: sockets, FIFOs and devices, which are not copied.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped: u64,
 }
 
 /// `Connect`: a destination in the guest (JSON), as an endpoint URI

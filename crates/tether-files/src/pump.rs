@@ -1,0 +1,62 @@
+//! The walk and the receiver on tokio's blocking pool, joined to a connection by a
+//! bounded queue of frames: memory per copy stays at a few chunks, and a slow disk or a
+//! slow connection holds the other side back.
+
+use crate::error::FilesError;
+use crate::receive::Receiver;
+use crate::root::Root;
+use crate::send::send_tree;
+use std::path::PathBuf;
+use tether_proto::{CopySummary, ErrorCode, Frame};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Frames queued between the filesystem thread and the connection.
+pub const QUEUE: usize = 4;
+
+/// How a copy running on the blocking pool ended.
+#[derive(Debug)]
+pub struct Outcome(JoinHandle<Result<CopySummary, FilesError>>);
+
+impl Outcome {
+    /// Waits for the filesystem side to finish: its summary, or why it failed.
+    pub async fn wait(self) -> Result<CopySummary, FilesError> {
+        match self.0.await {
+            Ok(r) => r,
+            Err(e) => Err(FilesError::new(
+                ErrorCode::Internal,
+                format!("the copy's filesystem task failed: {e}"),
+            )),
+        }
+    }
+}
+
+/// Starts walking `path` under `root` (see [`send_tree`]); its frames, COPY_DONE last,
+/// arrive on the returned queue. Dropping the queue stops the walk.
+pub fn spawn_send(root: Root, path: PathBuf) -> (mpsc::Receiver<Frame>, Outcome) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let task = tokio::task::spawn_blocking(move || {
+        send_tree(&root, &path, &mut |f| tx.blocking_send(f).is_ok())
+    });
+    (rx, Outcome(task))
+}
+
+/// Starts a [`Receiver`] for `dest` under `root`, fed from the returned queue. It ends
+/// with COPY_DONE applied, at the first error, or (removing the temporary of a file in
+/// flight) when the queue is dropped before COPY_DONE.
+pub fn spawn_receive(root: Root, dest: PathBuf) -> (mpsc::Sender<Frame>, Outcome) {
+    let (tx, mut rx) = mpsc::channel::<Frame>(QUEUE);
+    let task = tokio::task::spawn_blocking(move || {
+        let mut receiver = Receiver::new(root, dest);
+        while let Some(f) = rx.blocking_recv() {
+            if let Some(summary) = receiver.frame(f)? {
+                return Ok(summary);
+            }
+        }
+        Err(FilesError::new(
+            ErrorCode::Io,
+            "the copy was cut off before COPY_DONE; the file in flight was discarded",
+        ))
+    });
+    (tx, Outcome(task))
+}
