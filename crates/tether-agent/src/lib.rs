@@ -5,7 +5,9 @@
 //! enforces timeouts, reports exit codes and signals distinctly, and reaps every child
 //! from a single `waitpid` owner (so it can run as PID 1). It forwards connections to
 //! guest destinations and from guest listeners, to and from the places its
-//! [`AgentConfig`] allows ([`Pattern`]s).
+//! [`AgentConfig`] allows ([`Pattern`]s). It copies files and trees both ways, each
+//! file renamed into place only once its SHA-256 matched, optionally confined beneath a
+//! root directory.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -19,6 +21,7 @@
 
 mod auth;
 mod exec;
+mod files;
 mod forward;
 pub mod init;
 mod policy;
@@ -28,6 +31,7 @@ mod spawn;
 pub mod user;
 mod writer;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use tether_transport::{Endpoint, Listener, Remote, TransportError};
@@ -48,6 +52,10 @@ pub struct AgentConfig {
     pub allow_connect: Vec<Pattern>,
     /// Guest addresses clients may listen on (LISTEN). Default: none.
     pub allow_listen: Vec<Pattern>,
+    /// Confine file copies (COPY_OUT, COPY_IN) beneath this directory, which they see
+    /// as `/`: no `..`, absolute path or symlink leads out of it. Default: none, paths
+    /// are plain (absolute, or relative to the agent's working directory).
+    pub root: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -57,6 +65,7 @@ impl Default for AgentConfig {
             allow_cids: vec![2],
             allow_connect: Vec::new(),
             allow_listen: Vec::new(),
+            root: None,
         }
     }
 }
@@ -81,6 +90,8 @@ pub(crate) struct Ctx {
     pub(crate) auth: Auth,
     pub(crate) started: Instant,
     pub(crate) forward: forward::Forwarding,
+    /// Where copied paths resolve (`AgentConfig::root`).
+    pub(crate) files_root: tether_files::Root,
     allow_cids: Vec<u64>,
 }
 
@@ -107,8 +118,13 @@ impl Agent {
                 )
             };
         }
+        let files_root = match &config.root {
+            Some(dir) => tether_files::Root::beneath(dir)?,
+            None => tether_files::Root::anywhere(),
+        };
         Ok(Agent {
             ctx: Arc::new(Ctx {
+                files_root,
                 reaper: reaper::Reaper::start()?,
                 auth: Auth::new(config.token),
                 started: Instant::now(),

@@ -101,6 +101,8 @@ async fn converse(
             send(out, Frame::Connected).await
         }
         Some(Ok(Frame::Listen(req))) => ctx.forward.listen(req, frames, out).await,
+        Some(Ok(Frame::CopyOut(req))) => crate::files::copy_out(req, out, ctx).await,
+        Some(Ok(Frame::CopyIn(req))) => crate::files::copy_in(req, frames, out, ctx).await,
         Some(Ok(Frame::Attach { id })) => {
             *splice = Some(ctx.forward.attach(id)?);
             send(out, Frame::Connected).await
@@ -108,7 +110,7 @@ async fn converse(
         Some(Ok(f)) => Err(ErrorMsg::new(
             ErrorCode::BadFrame,
             format!(
-                "expected a request (EXEC, PING, INFO_REQUEST, CONNECT, LISTEN, ATTACH), got a {:?} frame",
+                "expected a request (EXEC, PING, INFO_REQUEST, CONNECT, LISTEN, ATTACH, COPY_OUT, COPY_IN), got a {:?} frame",
                 f.kind()
             ),
         )),

@@ -29,7 +29,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     while let Some(frame) = rx.recv().await {
         match &frame {
             // Large data goes out straight from its buffer, header beside it.
-            Frame::Stdout(b) | Frame::Stderr(b) if b.len() >= 4096 => {
+            Frame::Stdout(b) | Frame::Stderr(b) | Frame::FileData(b) if b.len() >= 4096 => {
                 if !small.is_empty() {
                     w.write_all(&small).await?;
                     small.clear();
