@@ -75,6 +75,17 @@ pub enum ClientError {
     /// was asked for again after an error was reported.
     #[error("the session has ended")]
     SessionEnded,
+    /// A file operation on this machine failed during a copy (a missing source, a
+    /// full disk, a checksum that did not match what arrived); the message names the
+    /// path.
+    #[error("{message}")]
+    Local {
+        /// The class of error, as the protocol names it (`not-found`, `io`,
+        /// `checksum`, ...).
+        code: ErrorCode,
+        /// For humans, starting with the path.
+        message: String,
+    },
     /// The agent did not forward: the destination or listen address is not allowed by
     /// its policy (`denied`), nothing listens there (`not-found`), connecting or binding
     /// failed (`io`), or the address is not one it forwards (`bad-frame`).
@@ -120,6 +131,14 @@ impl ClientError {
                 }
             }
             _ => ClientError::from_agent(e),
+        }
+    }
+
+    /// The error for a failure of this side of a copy.
+    pub(crate) fn local(e: tether_files::FilesError) -> ClientError {
+        ClientError::Local {
+            code: e.code,
+            message: e.message,
         }
     }
 
@@ -170,6 +189,9 @@ fn agent_text(code: ErrorCode, message: &str) -> String {
     match code {
         ErrorCode::Spawn => format!("cannot start the command: {message}"),
         ErrorCode::Denied => format!("the agent refused: {message}"),
+        ErrorCode::NotFound | ErrorCode::Io | ErrorCode::Checksum => {
+            format!("in the guest: {message}")
+        }
         code => format!("agent error ({}): {message}", code_name(code)),
     }
 }

@@ -12,6 +12,10 @@
 //!   agent), a cloneable [`Control`] for resize and signals, and
 //!   [`wait`](Session::wait) for the [`ExitStatus`].
 //! * [`Pinger`] and [`PingStats`]: round trips on one connection.
+//! * Copies: [`Client::copy_to_guest`] and [`Client::copy_from_guest`] for files and
+//!   trees (modes, times, symlinks; each file renamed into place only once its SHA-256
+//!   matched), [`Client::copy_stream_to_guest`] and [`Client::copy_stream_from_guest`]
+//!   for one file's bytes; [`CopyProgress`] along the way, a [`CopySummary`] at the end.
 //! * Port forwarding: [`Client::connect_guest`] gives a [`GuestStream`] to a guest
 //!   destination; [`Client::listen_guest`] a [`GuestListener`] whose guest connections
 //!   come back as [`GuestStream`]s too (raw bytes, half-close by `shutdown()`).
@@ -37,6 +41,7 @@
 mod client;
 mod command;
 mod error;
+mod files;
 mod forward;
 mod ping;
 mod session;
@@ -44,8 +49,9 @@ mod session;
 pub use client::Client;
 pub use command::Command;
 pub use error::{code_name, ClientError};
+pub use files::CopyProgress;
 pub use forward::{GuestListener, GuestStream, Incoming};
 pub use ping::{PingStats, Pinger};
 pub use session::{Control, Output, Session, SessionOutput, SessionStdin, STDIN_CHUNK};
-pub use tether_proto::{ErrorCode, ExitStatus, Info};
+pub use tether_proto::{CopySummary, ErrorCode, ExitStatus, Info};
 pub use tether_transport::{Endpoint, Peer, Transport};

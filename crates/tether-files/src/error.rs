@@ -45,7 +45,7 @@ impl FilesError {
             _ => ErrorCode::Io,
         };
         let text = match errno {
-            Errno::EXDEV => "refused: it leads outside the agent's root (--root)".to_string(),
+            Errno::EXDEV => "outside the agent's root (--root)".to_string(),
             Errno::ENOSYS => {
                 "confinement needs openat2 (Linux 5.6 or later), which this kernel lacks".into()
             }
