@@ -180,8 +180,9 @@ pub fn code_name(code: ErrorCode) -> &'static str {
 fn forward_text(code: ErrorCode, target: &str, message: &str) -> String {
     match code {
         ErrorCode::Denied => format!("the agent refused: {message}"),
-        ErrorCode::NotFound => format!("nothing to connect to at {target} in the guest: {message}"),
-        _ => format!("forwarding {target} failed in the guest: {message}"),
+        // The agent's message names the destination and the system's reason.
+        ErrorCode::NotFound | ErrorCode::Io => format!("in the guest, {message}"),
+        _ => format!("the agent cannot forward {target}: {message}"),
     }
 }
 

@@ -6,6 +6,12 @@ use crate::{VmError, AGENT_PORT, READY_PORT, SERIAL_PORT_NAME};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
+/// What the throwaway guest's agent lets clients forward: any port on the guest's own
+/// loopback, both ways (`tether forward --via`). The VM exists for its user, and loopback
+/// reaches nothing beyond it.
+const FORWARD_POLICY: &str =
+    "--allow-connect 'tcp://127.0.0.1:*' --allow-listen 'tcp://127.0.0.1:*'";
+
 /// The init script: tether becomes PID 1 (exec), sets the guest up and serves, on vsock
 /// or, when the kernel passes `serial` (after `--` on its command line), on the mux over
 /// the virtio-serial port named `tether`.
@@ -14,9 +20,9 @@ fn init_script() -> String {
         "#!/bin/busybox sh\n\
          if [ \"$1\" = serial ]; then\n\
          \tport=mux+serial:///dev/virtio-ports/{SERIAL_PORT_NAME}\n\
-         \texec /bin/tether agent --init --listen $port:{AGENT_PORT} --ready $port:{READY_PORT}\n\
+         \texec /bin/tether agent --init {FORWARD_POLICY} --listen $port:{AGENT_PORT} --ready $port:{READY_PORT}\n\
          fi\n\
-         exec /bin/tether agent --init --listen vsock://:{AGENT_PORT} --ready vsock://2:{READY_PORT}\n"
+         exec /bin/tether agent --init {FORWARD_POLICY} --listen vsock://:{AGENT_PORT} --ready vsock://2:{READY_PORT}\n"
     )
 }
 

@@ -3,7 +3,7 @@
 use crate::config::Config;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
-use tether_agent::{Agent, AgentConfig};
+use tether_agent::{Agent, AgentConfig, Pattern};
 use tether_transport::{Endpoint, Transport};
 
 /// Options of `tether agent`.
@@ -20,6 +20,20 @@ pub struct Args {
     /// A vsock CID allowed to connect; repeat for several [default: 2, the host].
     #[arg(long = "allow-cid", value_name = "CID")]
     pub allow_cids: Vec<u64>,
+    /// Confine file copies (`tether cp`) beneath DIR, which clients then see as `/`: no
+    /// `..`, absolute path or symlink leads out of it (openat2 RESOLVE_BENEATH) [default:
+    /// `[agent] root` from the config file, else none: paths as given].
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// A guest destination clients may forward to (`tether forward --via`): an endpoint
+    /// URI whose port may be `*`, e.g. 'tcp://127.0.0.1:*' or unix:///run/app.sock; repeat
+    /// for several [default: `[agent] allow_connect` from the config file, else none].
+    #[arg(long = "allow-connect", value_name = "URI")]
+    pub allow_connect: Vec<Pattern>,
+    /// A guest address clients may listen on (`tether forward --via --reverse`), in the
+    /// same form; repeat for several [default: `[agent] allow_listen`, else none].
+    #[arg(long = "allow-listen", value_name = "URI")]
+    pub allow_listen: Vec<Pattern>,
     /// Act as the guest's init (PID 1): mount /proc, /sys, /dev, /dev/pts, /tmp, /run and
     /// load the kernel modules listed in /etc/tether/modules before serving.
     #[arg(long)]
@@ -57,12 +71,22 @@ pub fn run(args: Args, config: Option<&Path>) -> Result<()> {
     } else {
         vec![2]
     };
+    let allow_connect = or_config(args.allow_connect, cfg.agent.connect_patterns());
+    let allow_listen = or_config(args.allow_listen, cfg.agent.listen_patterns());
+    let root = args.root.or(cfg.agent.root.clone());
     // One thread: an agent is mostly idle, and small (DESIGN.md: ≤ 2 MiB resident).
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let agent = Agent::new(AgentConfig { token, allow_cids })?;
+        let agent = Agent::new(AgentConfig {
+            token,
+            allow_cids,
+            allow_connect,
+            allow_listen,
+            root,
+            ..AgentConfig::default()
+        })?;
         // One transport for listening and announcing: a serial port opens only once, so
         // both must share its mux link. Its retry window is the announcement's patience.
         let transport = Transport::new(tether_transport::DialOptions {
@@ -90,6 +114,15 @@ pub fn run(args: Args, config: Option<&Path>) -> Result<()> {
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })
+}
+
+/// The command line's list when it gives one, else the config file's.
+fn or_config(flags: Vec<Pattern>, file: Vec<Pattern>) -> Vec<Pattern> {
+    if flags.is_empty() {
+        file
+    } else {
+        flags
+    }
 }
 
 /// Tells the host the agent listens: a connection to `uri` carrying `ready`.

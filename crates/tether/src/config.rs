@@ -9,12 +9,17 @@
 //! vsock_listen_port = 1024                          # `tether listen` with no URI
 //! timeout = "10s"                                   # one dial attempt
 //! retry = "30s"                                     # keep retrying a refusing peer
+//!
+//! [agent]                                           # `tether agent`
+//! allow_connect = ["tcp://127.0.0.1:*"]             # where clients may forward to
+//! allow_listen = ["tcp://127.0.0.1:5432"]           # where clients may listen
 //! ```
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tether_agent::Pattern;
 use tether_transport::Endpoint;
 
 /// The file's contents.
@@ -49,6 +54,14 @@ pub struct AgentSection {
     /// CIDs allowed to connect over vsock or a mux.
     #[serde(default)]
     pub allow_cids: Vec<u64>,
+    /// The directory file copies are confined beneath (`tether agent --root`).
+    pub root: Option<PathBuf>,
+    /// Guest destinations clients may forward to (patterns like `tcp://127.0.0.1:*`).
+    #[serde(default)]
+    pub allow_connect: Vec<String>,
+    /// Guest addresses clients may listen on, in the same form.
+    #[serde(default)]
+    pub allow_listen: Vec<String>,
 }
 
 impl AgentSection {
@@ -59,6 +72,23 @@ impl AgentSection {
             .map(|p| p.parse().expect("checked at load"))
             .collect()
     }
+
+    /// `allow_connect`, parsed.
+    pub fn connect_patterns(&self) -> Vec<Pattern> {
+        patterns(&self.allow_connect)
+    }
+
+    /// `allow_listen`, parsed.
+    pub fn listen_patterns(&self) -> Vec<Pattern> {
+        patterns(&self.allow_listen)
+    }
+}
+
+fn patterns(texts: &[String]) -> Vec<Pattern> {
+    texts
+        .iter()
+        .map(|p| p.parse().expect("checked at load"))
+        .collect()
 }
 
 impl Config {
@@ -84,6 +114,12 @@ impl Config {
         }
         for p in &cfg.agent.listen {
             p.parse::<Endpoint>().context("in `[agent] listen`")?;
+        }
+        for p in &cfg.agent.allow_connect {
+            p.parse::<Pattern>().context("in `[agent] allow_connect`")?;
+        }
+        for p in &cfg.agent.allow_listen {
+            p.parse::<Pattern>().context("in `[agent] allow_listen`")?;
         }
         Ok(cfg)
     }
@@ -131,6 +167,34 @@ mod tests {
         assert_eq!(cfg.vsock_listen_port, Some(1024));
         assert_eq!(cfg.timeout, Some(Duration::from_secs(2)));
         assert_eq!(cfg.retry, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn agent_forwarding_patterns_parse_and_bad_ones_are_named() {
+        let cfg = Config::parse(
+            "[agent]\nallow_connect = [\"tcp://127.0.0.1:*\", \"unix:///run/app.sock\"]\n\
+             allow_listen = [\"tcp://127.0.0.1:5432\"]\n",
+        )
+        .unwrap();
+        let connect = cfg.agent.connect_patterns();
+        assert!(connect[0].matches(&"tcp://127.0.0.1:80".parse().unwrap()));
+        assert!(connect[1].matches(&"unix:///run/app.sock".parse().unwrap()));
+        assert_eq!(
+            cfg.agent.listen_patterns()[0].to_string(),
+            "tcp://127.0.0.1:5432"
+        );
+        let e = format!(
+            "{:#}",
+            Config::parse("[agent]\nallow_listen = [\"hybrid:///v.sock:*\"]").unwrap_err()
+        );
+        assert!(e.contains("allow_listen") && e.contains("hybrid"), "{e}");
+    }
+
+    #[test]
+    fn the_agent_root_is_a_path() {
+        let cfg = Config::parse("[agent]\nroot = \"/srv/exchange\"\n").unwrap();
+        assert_eq!(cfg.agent.root, Some(PathBuf::from("/srv/exchange")));
+        assert_eq!(Config::parse("").unwrap().agent.root, None);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 mod agent;
 mod cat;
 mod config;
+mod cp;
 mod demo;
 mod device;
 mod dial;
@@ -63,17 +64,28 @@ enum Command {
         tether listen --keep --exec 'sha256sum' tcp://127.0.0.1:9000\n  \
         tether listen hybrid:///run/fc/v.sock:52          guest connections to host port 52")]
     Listen(listen::Args),
-    /// Relay every connection accepted on FROM to TO, both ways, with half-close.
+    /// Relay every connection accepted on FROM to TO, both ways, with half-close; with
+    /// --via, through the guest agent to and from addresses only the guest can reach.
     #[command(after_help = "Examples:\n  \
         tether forward tcp://127.0.0.1:8080 hybrid:///run/vm/v.sock:80\n  \
         tether forward unix:///run/agent.sock mux+unix:///run/vm/serial.sock:1024\n  \
-        tether forward --peer vsock://3:80 --peer tcp://10.0.0.5:80 tcp://127.0.0.1:8080")]
+        tether forward --peer vsock://3:80 --peer tcp://10.0.0.5:80 tcp://127.0.0.1:8080\n\n\
+        Through the agent (the guest service needs no vsock listener of its own):\n  \
+        tether forward --via vsock://3:1024 tcp://127.0.0.1:8080 tcp://127.0.0.1:80\n      \
+        host port 8080 to port 80 on the guest's loopback\n  \
+        tether forward --via hybrid:///run/fc/v.sock:1024 unix:///tmp/app.sock unix:///run/app.sock\n  \
+        tether forward --via vsock://3:1024 --reverse tcp://127.0.0.1:5432 tcp://127.0.0.1:5432\n      \
+        guest programs reach the host's database at their own 127.0.0.1:5432\n  \
+        The agent forwards only where it is allowed: tether agent --allow-connect/--allow-listen\n  \
+        (tether vm allows tcp://127.0.0.1:* both ways). See docs/forward.md.")]
     Forward(forward::Args),
     /// Serve commands to tether clients: the guest agent (PID 1 in `tether vm`).
     #[command(after_help = "Examples:\n  \
         tether agent                                   vsock://:1024, host CID 2 only\n  \
         tether agent --listen unix:///run/tether.sock\n  \
-        tether agent --listen tcp://0.0.0.0:7000 --token-file /etc/tether/token")]
+        tether agent --listen tcp://0.0.0.0:7000 --token-file /etc/tether/token\n  \
+        tether agent --allow-connect 'tcp://127.0.0.1:*' --allow-listen tcp://127.0.0.1:5432\n      \
+        let clients forward to any loopback port and listen on 5432 (tether forward --via)")]
     Agent(agent::Args),
     /// Run a command in the guest: stdout and stderr streamed as they come, stdin with
     /// -i, a terminal with -t, signals passed on; exits with the command's status (128+N
@@ -92,6 +104,27 @@ enum Command {
         tether shell hybrid:///run/fc/v.sock:1024\n  \
         tether shell -u root --retry 30s vsock://3:1024     once the guest has booted")]
     Shell(shell::Args),
+    /// Copy files and directory trees between this machine and the guest, like docker cp
+    /// or kubectl cp: the agent's URI first (or --peer / the config's peers), then SRC
+    /// and DEST, the guest side written with a leading colon.
+    #[command(
+        override_usage = "tether cp [OPTIONS] [URI] SRC DEST",
+        after_help = "The guest side is written with a leading colon, so a URI's colons are never taken\n\
+        for a path: :/var/log/app.log, :relative/to/the/agent's/cwd. Exactly one side is\n\
+        a guest path; a local path that starts with ':' is written ./:name. `-` as SRC\n\
+        reads stdin into the guest file DEST; `-` as DEST writes the guest file to stdout.\n\
+        Like cp -r: into DEST under its own name when DEST is an existing directory, else\n\
+        as DEST. Directories recursively; modes and times kept (owners too when the\n\
+        receiving side is root); symlinks copied as links. Each file appears under its\n\
+        name only once complete and its SHA-256 checked. See docs/cp.md.\n\n\
+        Examples:\n  \
+        tether cp vsock://3:1024 ./build :/srv/build        host to guest\n  \
+        tether cp vsock://3:1024 :/var/log/app.log .        guest to host\n  \
+        tether cp --peer hybrid:///run/fc/v.sock:1024 :/etc/hosts ./:hosts\n  \
+        tar c src | tether cp vsock://3:1024 - :/tmp/src.tar\n  \
+        tether cp --json vsock://3:1024 :/data ./data       summary as JSON on stdout"
+    )]
+    Cp(cp::Args),
     /// Time round trips to the agent: connect time, then PING/PONG min, p50, p99, max.
     #[command(after_help = "Examples:\n  \
         tether ping unix:///run/vm/agent.sock\n  \
@@ -128,6 +161,7 @@ fn main() -> ExitCode {
         Command::Device(args) => device::run(args).map(|()| ExitCode::SUCCESS),
         Command::Agent(args) => agent::run(args, cli.config.as_deref()).map(|()| ExitCode::SUCCESS),
         Command::Exec(args) => Ok(exec::main(args, cli.config.as_deref())),
+        Command::Cp(args) => Ok(cp::main(args, cli.config.as_deref())),
         Command::Shell(args) => Ok(shell::main(args, cli.config.as_deref())),
         command => run_async(command, cli.config),
     };
@@ -172,6 +206,7 @@ async fn dispatch(command: Command, cfg: &config::Config) -> anyhow::Result<Exit
         Command::Demo(_)
         | Command::Agent(_)
         | Command::Exec(_)
+        | Command::Cp(_)
         | Command::Shell(_)
         | Command::Device(_)
         | Command::Vm(_) => {
