@@ -25,11 +25,6 @@ pub struct Args {
     /// `[agent] root` from the config file, else none: paths as given].
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
-    /// Confine file copies (`tether cp`) beneath DIR, which clients then see as `/`: no
-    /// `..`, absolute path or symlink leads out of it (openat2 RESOLVE_BENEATH) [default:
-    /// `[agent] root` from the config file, else none: paths as given].
-    #[arg(long, value_name = "DIR")]
-    pub root: Option<PathBuf>,
     /// A guest destination clients may forward to (`tether forward --via`): an endpoint
     /// URI whose port may be `*`, e.g. 'tcp://127.0.0.1:*' or unix:///run/app.sock; repeat
     /// for several [default: `[agent] allow_connect` from the config file, else none].
@@ -79,7 +74,6 @@ pub fn run(args: Args, config: Option<&Path>) -> Result<()> {
     let allow_connect = or_config(args.allow_connect, cfg.agent.connect_patterns());
     let allow_listen = or_config(args.allow_listen, cfg.agent.listen_patterns());
     let root = args.root.or(cfg.agent.root.clone());
-    let root = args.root.or(cfg.agent.root.clone());
     // One thread: an agent is mostly idle, and small (DESIGN.md: ≤ 2 MiB resident).
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -90,7 +84,6 @@ pub fn run(args: Args, config: Option<&Path>) -> Result<()> {
             allow_cids,
             allow_connect,
             allow_listen,
-            root,
             root,
             ..AgentConfig::default()
         })?;

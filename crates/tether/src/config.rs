@@ -56,8 +56,6 @@ pub struct AgentSection {
     pub allow_cids: Vec<u64>,
     /// The directory file copies are confined beneath (`tether agent --root`).
     pub root: Option<PathBuf>,
-    /// The directory file copies are confined beneath (`tether agent --root`).
-    pub root: Option<PathBuf>,
     /// Guest destinations clients may forward to (patterns like `tcp://127.0.0.1:*`).
     #[serde(default)]
     pub allow_connect: Vec<String>,
@@ -190,13 +188,6 @@ mod tests {
             Config::parse("[agent]\nallow_listen = [\"hybrid:///v.sock:*\"]").unwrap_err()
         );
         assert!(e.contains("allow_listen") && e.contains("hybrid"), "{e}");
-    }
-
-    #[test]
-    fn the_agent_root_is_a_path() {
-        let cfg = Config::parse("[agent]\nroot = \"/srv/exchange\"\n").unwrap();
-        assert_eq!(cfg.agent.root, Some(PathBuf::from("/srv/exchange")));
-        assert_eq!(Config::parse("").unwrap().agent.root, None);
     }
 
     #[test]

@@ -8,7 +8,6 @@ mod agent;
 mod cat;
 mod config;
 mod cp;
-mod cp;
 mod demo;
 mod device;
 mod dial;
@@ -126,27 +125,6 @@ enum Command {
         tether cp --json vsock://3:1024 :/data ./data       summary as JSON on stdout"
     )]
     Cp(cp::Args),
-    /// Copy files and directory trees between this machine and the guest, like docker cp
-    /// or kubectl cp: the agent's URI first (or --peer / the config's peers), then SRC
-    /// and DEST, the guest side written with a leading colon.
-    #[command(
-        override_usage = "tether cp [OPTIONS] [URI] SRC DEST",
-        after_help = "The guest side is written with a leading colon, so a URI's colons are never taken\n\
-        for a path: :/var/log/app.log, :relative/to/the/agent's/cwd. Exactly one side is\n\
-        a guest path; a local path that starts with ':' is written ./:name. `-` as SRC\n\
-        reads stdin into the guest file DEST; `-` as DEST writes the guest file to stdout.\n\
-        Like cp -r: into DEST under its own name when DEST is an existing directory, else\n\
-        as DEST. Directories recursively; modes and times kept (owners too when the\n\
-        receiving side is root); symlinks copied as links. Each file appears under its\n\
-        name only once complete and its SHA-256 checked. See docs/cp.md.\n\n\
-        Examples:\n  \
-        tether cp vsock://3:1024 ./build :/srv/build        host to guest\n  \
-        tether cp vsock://3:1024 :/var/log/app.log .        guest to host\n  \
-        tether cp --peer hybrid:///run/fc/v.sock:1024 :/etc/hosts ./:hosts\n  \
-        tar c src | tether cp vsock://3:1024 - :/tmp/src.tar\n  \
-        tether cp --json vsock://3:1024 :/data ./data       summary as JSON on stdout"
-    )]
-    Cp(cp::Args),
     /// Time round trips to the agent: connect time, then PING/PONG min, p50, p99, max.
     #[command(after_help = "Examples:\n  \
         tether ping unix:///run/vm/agent.sock\n  \
@@ -183,7 +161,6 @@ fn main() -> ExitCode {
         Command::Device(args) => device::run(args).map(|()| ExitCode::SUCCESS),
         Command::Agent(args) => agent::run(args, cli.config.as_deref()).map(|()| ExitCode::SUCCESS),
         Command::Exec(args) => Ok(exec::main(args, cli.config.as_deref())),
-        Command::Cp(args) => Ok(cp::main(args, cli.config.as_deref())),
         Command::Cp(args) => Ok(cp::main(args, cli.config.as_deref())),
         Command::Shell(args) => Ok(shell::main(args, cli.config.as_deref())),
         command => run_async(command, cli.config),
@@ -229,7 +206,6 @@ async fn dispatch(command: Command, cfg: &config::Config) -> anyhow::Result<Exit
         Command::Demo(_)
         | Command::Agent(_)
         | Command::Exec(_)
-        | Command::Cp(_)
         | Command::Cp(_)
         | Command::Shell(_)
         | Command::Device(_)
