@@ -109,7 +109,7 @@ impl VhostUserBackendMut for Backend {
         let (rx, tx) = (&vrings[RX as usize], &vrings[TX as usize]);
         match device_event {
             RX => {}
-            TX => device.process_tx(tx)?,
+            TX => device.process_tx(tx),
             HOST_EVENT => device.poll_host(),
             EVT => return Ok(()),
             other => {
@@ -118,7 +118,9 @@ impl VhostUserBackendMut for Backend {
                 )))
             }
         }
-        // Whatever happened, the engine may owe the guest packets now.
-        device.process_rx(rx)
+        // Whatever happened, the engine may owe the guest packets now. Nothing a guest does
+        // is returned as an error: that would end the worker and the device with it.
+        device.process_rx(rx);
+        Ok(())
     }
 }

@@ -14,6 +14,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Instant;
 use tether_vsock::{CloseReason, ConnId, Engine, Event, SocketType};
 use tracing::{debug, info, warn};
+use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -36,6 +37,12 @@ pub struct DeviceStats {
     pub rx_packets: u64,
     /// Host connections refused because the connection table was full.
     pub refused_full: u64,
+    /// RX buffers returned unused: smaller than a header, or outside guest memory.
+    pub bad_rx_buffers: u64,
+    /// Times a ring's avail index announced buffers that could not be taken.
+    pub broken_rings: u64,
+    /// Chains whose head index lies outside their ring, so they cannot be returned.
+    pub bad_heads: u64,
 }
 
 /// The device's state, shared by vhost-user callbacks through one lock.
@@ -437,38 +444,46 @@ impl Device {
         }
     }
 
-    /// Feeds every TX chain the guest queued to the engine.
-    pub fn process_tx<V: vhost_user_backend::VringT<GuestMemoryAtomic<GuestMemoryMmap>>>(
-        &mut self,
-        vring: &V,
-    ) -> io::Result<()> {
+    /// Feeds every TX chain the guest queued to the engine. A broken ring is logged and
+    /// left alone; nothing a guest writes makes this fail or loop.
+    pub fn process_tx(&mut self, vring: &VringRwLock) {
         let Some(mem) = self.mem.clone() else {
-            return Ok(());
+            return;
         };
         let max_payload = self.engine.config().max_payload;
         let guard = mem.memory();
         let mut used = false;
+        let mut state = vring.get_mut();
+        if !state.get_queue().ready() {
+            return;
+        }
         loop {
-            let mut state = vring.get_mut();
-            if !state.get_queue().ready() {
-                return Ok(());
-            }
-            state.disable_notification().map_err(io::Error::other)?;
+            let _ = state.disable_notification();
+            let mut popped = false;
             while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(&*guard) {
                 let head = chain.head_index();
                 self.take_tx_chain(&guard, chain, max_payload);
-                state.add_used(head, 0).map_err(io::Error::other)?;
-                used = true;
+                used |= self.give_back(&mut *state, head, 0);
+                popped = true;
             }
-            if !state.enable_notification().map_err(io::Error::other)? {
-                if used && state.needs_notification().map_err(io::Error::other)? {
-                    state.signal_used_queue()?;
+            match state.enable_notification() {
+                Ok(true) if popped => continue,
+                Ok(true) => {
+                    // The guest says chains wait, yet none can be taken: its avail index
+                    // is corrupt. Going round again would spin forever.
+                    self.broken_ring("tx");
+                    break;
                 }
-                break;
+                Ok(false) => break,
+                Err(e) => {
+                    warn!("tx queue: {e}");
+                    break;
+                }
             }
         }
+        self.notify_guest(&mut *state, used);
+        drop(state);
         self.drain_engine_events(Instant::now());
-        Ok(())
     }
 
     fn take_tx_chain<M>(
@@ -496,35 +511,41 @@ impl Device {
     }
 
     /// Moves the engine's pending packets into the guest's RX buffers while both last.
-    pub fn process_rx<V: vhost_user_backend::VringT<GuestMemoryAtomic<GuestMemoryMmap>>>(
-        &mut self,
-        vring: &V,
-    ) -> io::Result<()> {
+    pub fn process_rx(&mut self, vring: &VringRwLock) {
         let Some(mem) = self.mem.clone() else {
-            return Ok(());
+            return;
         };
         let guard = mem.memory();
         let mut used = false;
         let mut state = vring.get_mut();
         if !state.get_queue().ready() {
-            return Ok(());
+            return;
         }
+        let mut looked_again = false;
         while self.engine.has_transmit() {
             let Some(chain) = state.get_queue_mut().pop_descriptor_chain(&*guard) else {
                 // Out of buffers: ask to be kicked when the guest adds some, then look once
-                // more in case it did so in between.
-                if state.enable_notification().map_err(io::Error::other)? {
-                    continue;
+                // more in case it did so in between. A second miss with buffers announced
+                // means a corrupt avail index.
+                match state.enable_notification() {
+                    Ok(true) if !looked_again => {
+                        looked_again = true;
+                        continue;
+                    }
+                    Ok(true) => self.broken_ring("rx"),
+                    Ok(false) => {}
+                    Err(e) => warn!("rx queue: {e}"),
                 }
                 break;
             };
+            looked_again = false;
             let head = chain.head_index();
             let room = match virtq::rx_room(&*guard, &chain) {
                 Ok(Some(room)) => room,
                 Ok(None) | Err(_) => {
-                    warn!("RX buffer too small for a packet header; returned unused");
-                    state.add_used(head, 0).map_err(io::Error::other)?;
-                    used = true;
+                    self.stats.bad_rx_buffers += 1;
+                    debug!("RX buffer unusable (smaller than a header, or outside memory)");
+                    used |= self.give_back(&mut *state, head, 0);
                     continue;
                 }
             };
@@ -532,22 +553,57 @@ impl Device {
                 state.get_queue_mut().go_to_previous_position();
                 break;
             };
-            let len = virtq::write_packet(&*guard, chain, &packet)?;
-            state.add_used(head, len).map_err(io::Error::other)?;
+            let len = match virtq::write_packet(&*guard, chain, &packet) {
+                Ok(len) => len,
+                Err(e) => {
+                    // rx_room checked this chain a moment ago; losing a packet here
+                    // would desynchronise a connection, so say so loudly.
+                    warn!("writing an RX buffer failed, a packet is lost: {e}");
+                    0
+                }
+            };
+            used |= self.give_back(&mut *state, head, len);
             self.stats.rx_packets += 1;
-            used = true;
         }
-        if used && state.needs_notification().map_err(io::Error::other)? {
-            state.signal_used_queue()?;
-        }
+        self.notify_guest(&mut *state, used);
         drop(state);
         // Sending made room in send queues: streams paused on a full one hear Writable.
         if used {
             self.drain_engine_events(Instant::now());
         }
-        Ok(())
+    }
+
+    /// Returns a chain to the guest; a head outside the ring is counted and dropped rather
+    /// than allowed to stop the device.
+    fn give_back(&mut self, state: &mut VringState, head: u16, len: u32) -> bool {
+        match state.add_used(head, len) {
+            Ok(()) => true,
+            Err(e) => {
+                self.stats.bad_heads += 1;
+                debug!("cannot return descriptor {head}: {e}");
+                false
+            }
+        }
+    }
+
+    fn notify_guest(&mut self, state: &mut VringState, used: bool) {
+        if used && state.needs_notification().unwrap_or(true) {
+            if let Err(e) = state.signal_used_queue() {
+                warn!("notifying the guest: {e}");
+            }
+        }
+    }
+
+    fn broken_ring(&mut self, which: &str) {
+        self.stats.broken_rings += 1;
+        warn!(
+            "{which} ring: the avail index announces buffers that cannot be taken; ignoring them"
+        );
     }
 }
+
+/// The state of a vring, as its lock guard derefs to.
+type VringState = vhost_user_backend::VringState<GuestMemoryAtomic<GuestMemoryMmap>>;
 
 /// Connects to a Unix socket without blocking on a full backlog.
 fn dial_nonblocking(path: &str) -> io::Result<UnixStream> {

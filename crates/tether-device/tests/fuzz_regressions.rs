@@ -11,18 +11,6 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// Saved inputs that still reproduce a bug open in the device's source: replayed only by
-/// the ignored test below, so the suite stays green while the fix is pending. Move a
-/// name out of here once its bug is fixed.
-const KNOWN_OPEN: &[&str] = &[
-    "avail-index-a-ring-ahead-hangs",
-    "avail-index-lie-found-by-fuzzing-hangs-rx",
-];
-
-/// While `avail-index-a-ring-ahead-hangs` is open, pseudo-random inputs (which lie about
-/// the avail index often) steer clear of it; set to `false` once it is fixed.
-const AVOID_AVAIL_OVERRUN: bool = true;
-
 /// A replay taking longer than this is a hang: the device's loops must terminate.
 const HANG: Duration = Duration::from_secs(20);
 
@@ -44,11 +32,6 @@ fn regressions() -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
-fn is_known_open(path: &std::path::Path) -> bool {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    KNOWN_OPEN.contains(&name)
-}
-
 /// Runs one input on its own thread so that a hang fails the test instead of stalling
 /// it (the stuck thread is left behind until the binary exits).
 fn replay(path: &std::path::Path, data: Vec<u8>, run: fn(&[u8])) -> Result<(), String> {
@@ -66,24 +49,10 @@ fn replay(path: &std::path::Path, data: Vec<u8>, run: fn(&[u8])) -> Result<(), S
 
 #[test]
 fn device_chains_regressions_stay_fixed() {
-    let cases: Vec<_> = regressions()
-        .into_iter()
-        .filter(|(p, _)| !is_known_open(p))
-        .collect();
+    let cases: Vec<_> = regressions().into_iter().collect();
     assert!(!cases.is_empty(), "no saved device_chains inputs found");
     let failures: Vec<String> = cases
         .into_iter()
-        .filter_map(|(p, data)| replay(&p, data, fuzz_chains::run).err())
-        .collect();
-    assert!(failures.is_empty(), "{failures:#?}");
-}
-
-#[test]
-#[ignore = "replays inputs of bugs still open in tether-device (see KNOWN_OPEN)"]
-fn device_chains_known_open_bugs() {
-    let failures: Vec<String> = regressions()
-        .into_iter()
-        .filter(|(p, _)| is_known_open(p))
         .filter_map(|(p, data)| replay(&p, data, fuzz_chains::run).err())
         .collect();
     assert!(failures.is_empty(), "{failures:#?}");
@@ -110,7 +79,7 @@ fn device_chains_interpreter_survives_pseudo_random_inputs() {
     for (i, input) in pseudo_random_inputs(300, 0xde71_ce5e_ed00).enumerate() {
         let name = format!("pseudo-random input #{i}");
         replay(std::path::Path::new(&name), input, |data| {
-            fuzz_chains::run_with(data, AVOID_AVAIL_OVERRUN)
+            fuzz_chains::run_with(data, false)
         })
         .unwrap_or_else(|e| panic!("{e}"));
     }
