@@ -85,7 +85,6 @@ pub fn run(args: Args, config: Option<&Path>) -> Result<()> {
             allow_connect,
             allow_listen,
             root,
-            ..AgentConfig::default()
         })?;
         // One transport for listening and announcing: a serial port opens only once, so
         // both must share its mux link. Its retry window is the announcement's patience.
