@@ -77,6 +77,57 @@ fn documented_vectors() {
     assert_eq!(dec(&v).unwrap(), Some(e));
 }
 
+/// The forwarding vectors of docs/protocol.md ("Forwarding"), both ways.
+#[test]
+fn forwarding_vectors() {
+    let json = |head: &str, body: &[u8]| {
+        let mut v = hex(head);
+        v.extend_from_slice(body);
+        v
+    };
+    let cases = [
+        (
+            Frame::Connect(ConnectRequest {
+                target: "tcp://127.0.0.1:80".into(),
+            }),
+            json("40 1f000000", br#"{"target":"tcp://127.0.0.1:80"}"#),
+        ),
+        (Frame::Connected, hex("41 00000000")),
+        (
+            Frame::Listen(ListenRequest {
+                bind: "tcp://127.0.0.1:0".into(),
+            }),
+            json("42 1c000000", br#"{"bind":"tcp://127.0.0.1:0"}"#),
+        ),
+        (
+            Frame::Listening(Listening {
+                bound: "tcp://127.0.0.1:40000".into(),
+            }),
+            json("43 21000000", br#"{"bound":"tcp://127.0.0.1:40000"}"#),
+        ),
+        (
+            Frame::Accepted(Accepted {
+                id: 7,
+                peer: "tcp 127.0.0.1:41234".into(),
+            }),
+            json("44 25000000", br#"{"id":7,"peer":"tcp 127.0.0.1:41234"}"#),
+        ),
+        (Frame::Attach { id: 7 }, json("45 08000000", br#"{"id":7}"#)),
+    ];
+    for (frame, wire) in cases {
+        assert_eq!(enc(&frame), wire, "{frame:?}");
+        assert_eq!(dec(&wire).unwrap(), Some(frame));
+    }
+    // CONNECTED carries nothing: what follows it is raw data, never part of the frame.
+    let mut v = hex("41 00000000");
+    v.extend_from_slice(b"raw");
+    let mut buf = BytesMut::from(&v[..]);
+    assert_eq!(FrameCodec.decode(&mut buf).unwrap(), Some(Frame::Connected));
+    assert_eq!(&buf[..], b"raw");
+    let e = dec(&hex("41 01000000 00")).unwrap_err();
+    assert!(e.to_string().contains("1 payload bytes where 0"), "{e}");
+}
+
 #[test]
 fn refusals_name_what_was_wrong() {
     let e = dec(&hex("7f 00000000")).unwrap_err();
@@ -174,6 +225,12 @@ fn frame() -> impl Strategy<Value = Frame> {
         }),
         (1..65i32, any::<bool>()).prop_map(|(s, c)| Frame::Exit(ExitStatus::signaled(s, c))),
         ".*".prop_map(|m| Frame::Error(ErrorMsg::new(ErrorCode::Spawn, m))),
+        ".*".prop_map(|target| Frame::Connect(ConnectRequest { target })),
+        Just(Frame::Connected),
+        ".*".prop_map(|bind| Frame::Listen(ListenRequest { bind })),
+        ".*".prop_map(|bound| Frame::Listening(Listening { bound })),
+        (any::<u64>(), ".*").prop_map(|(id, peer)| Frame::Accepted(Accepted { id, peer })),
+        any::<u64>().prop_map(|id| Frame::Attach { id }),
     ]
 }
 
