@@ -48,9 +48,19 @@ pub async fn copy_in(
     out: &mpsc::Sender<Frame>,
     ctx: &Ctx,
 ) -> Result<(), ErrorMsg> {
-    let (sink, received) = spawn_receive(ctx.files_root.clone(), req.dest.into());
+    let (sink, mut received) = spawn_receive(ctx.files_root.clone(), req.dest.into());
+    // The receiver's early end (a refused entry, a full disk) is reported at once, not
+    // when the client next sends something.
+    let mut finished = None;
     let ended = loop {
-        let f = match frames.next().await {
+        let next = tokio::select! {
+            r = &mut received => {
+                finished = Some(r);
+                break Ended::Refused;
+            }
+            f = frames.next() => f,
+        };
+        let f = match next {
             Some(Ok(f)) => f,
             Some(Err(e)) => break Ended::Bad(proto_error(&e)),
             None => break Ended::Abandoned,
@@ -81,7 +91,10 @@ pub async fn copy_in(
     };
     // Without COPY_DONE the receiver discards the file in flight and stops.
     drop(sink);
-    let result = received.wait().await;
+    let result = match finished {
+        Some(r) => r,
+        None => received.await,
+    };
     match (ended, result) {
         (Ended::Bad(e), _) => Err(e),
         (Ended::Abandoned, _) => Ok(()),

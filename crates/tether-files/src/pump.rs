@@ -6,7 +6,10 @@ use crate::error::FilesError;
 use crate::receive::Receiver;
 use crate::root::Root;
 use crate::send::send_tree;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tether_proto::{CopySummary, ErrorCode, Frame};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -19,15 +22,25 @@ pub const QUEUE: usize = 4;
 pub struct Outcome(JoinHandle<Result<CopySummary, FilesError>>);
 
 impl Outcome {
-    /// Waits for the filesystem side to finish: its summary, or why it failed.
+    /// Waits for the filesystem side to finish: its summary, or why it failed. (An
+    /// `Outcome` is also a future of the same, to await beside other things; do not
+    /// poll it again once it has completed.)
     pub async fn wait(self) -> Result<CopySummary, FilesError> {
-        match self.0.await {
+        self.await
+    }
+}
+
+impl Future for Outcome {
+    type Output = Result<CopySummary, FilesError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|joined| match joined {
             Ok(r) => r,
             Err(e) => Err(FilesError::new(
                 ErrorCode::Internal,
                 format!("the copy's filesystem task failed: {e}"),
             )),
-        }
+        })
     }
 }
 
