@@ -77,6 +77,83 @@ fn documented_vectors() {
     assert_eq!(dec(&v).unwrap(), Some(e));
 }
 
+/// The file-copy vectors of docs/protocol.md ("Files"), both ways.
+#[test]
+fn file_vectors() {
+    let json = |head: &str, body: &[u8]| {
+        let mut v = hex(head);
+        v.extend_from_slice(body);
+        v
+    };
+    let cases = [
+        (
+            Frame::CopyIn(CopyInRequest {
+                dest: "/srv".into(),
+            }),
+            json("31 0f000000", br#"{"dest":"/srv"}"#),
+        ),
+        (
+            Frame::Entry(FileEntry {
+                path: "app.log".into(),
+                kind: EntryKind::File,
+                mode: 0o644,
+                uid: 1000,
+                gid: 1000,
+                mtime_ns: 1_700_000_000_123_456_789,
+                size: 3,
+                target: None,
+            }),
+            json(
+                "32 69000000",
+                br#"{"path":"app.log","kind":"file","mode":420,"uid":1000,"gid":1000,"mtime_ns":1700000000123456789,"size":3}"#,
+            ),
+        ),
+        (
+            Frame::FileData(Bytes::from_static(b"hi\n")),
+            hex("33 03000000 68690a"),
+        ),
+        (
+            Frame::EntryEnd {
+                sha256: hex("98ea6e4f216f2fb4b69fff9b3a44842c38686ca685f3f55dc48c5d3fb1107be4")
+                    .try_into()
+                    .unwrap(),
+            },
+            hex("34 20000000 98ea6e4f216f2fb4b69fff9b3a44842c38686ca685f3f55dc48c5d3fb1107be4"),
+        ),
+        (
+            Frame::CopyDone(CopySummary {
+                files: 1,
+                bytes: 3,
+                ..Default::default()
+            }),
+            json(
+                "35 2b000000",
+                br#"{"files":1,"dirs":0,"symlinks":0,"bytes":3}"#,
+            ),
+        ),
+        (
+            Frame::CopyOut(CopyOutRequest {
+                path: "/var/log/app.log".into(),
+            }),
+            json("30 1b000000", br#"{"path":"/var/log/app.log"}"#),
+        ),
+    ];
+    for (frame, wire) in cases {
+        assert_eq!(enc(&frame), wire, "{frame:?}");
+        assert_eq!(dec(&wire).unwrap(), Some(frame));
+    }
+    // The checksum is what ENTRY_END says it is: SHA-256 of the FILE_DATA bytes.
+    use sha2::Digest;
+    assert_eq!(
+        sha2::Sha256::digest(b"hi\n").to_vec(),
+        hex("98ea6e4f216f2fb4b69fff9b3a44842c38686ca685f3f55dc48c5d3fb1107be4")
+    );
+    let mut short = hex("34 1f000000");
+    short.extend_from_slice(&[0u8; 31]);
+    let e = dec(&short).unwrap_err();
+    assert!(e.to_string().contains("31 payload bytes where 32"), "{e}");
+}
+
 /// The forwarding vectors of docs/protocol.md ("Forwarding"), both ways.
 #[test]
 fn forwarding_vectors() {
