@@ -463,7 +463,7 @@ impl Device {
             while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(&*guard) {
                 let head = chain.head_index();
                 self.take_tx_chain(&guard, chain, max_payload);
-                used |= self.give_back(&mut *state, head, 0);
+                used |= self.give_back(&mut state, head, 0);
                 popped = true;
             }
             match state.enable_notification() {
@@ -481,7 +481,7 @@ impl Device {
                 }
             }
         }
-        self.notify_guest(&mut *state, used);
+        self.notify_guest(&mut state, used);
         drop(state);
         self.drain_engine_events(Instant::now());
     }
@@ -545,7 +545,7 @@ impl Device {
                 Ok(None) | Err(_) => {
                     self.stats.bad_rx_buffers += 1;
                     debug!("RX buffer unusable (smaller than a header, or outside memory)");
-                    used |= self.give_back(&mut *state, head, 0);
+                    used |= self.give_back(&mut state, head, 0);
                     continue;
                 }
             };
@@ -562,10 +562,10 @@ impl Device {
                     0
                 }
             };
-            used |= self.give_back(&mut *state, head, len);
+            used |= self.give_back(&mut state, head, len);
             self.stats.rx_packets += 1;
         }
-        self.notify_guest(&mut *state, used);
+        self.notify_guest(&mut state, used);
         drop(state);
         // Sending made room in send queues: streams paused on a full one hear Writable.
         if used {
