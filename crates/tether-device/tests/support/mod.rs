@@ -678,7 +678,7 @@ impl Driver {
         };
         if self.tx.free_descs() < needed || self.slots.is_empty() {
             // Chains come back only when the device runs.
-            let _ = self.device.process_tx(&self.tx.vring);
+            self.device.process_tx(&self.tx.vring);
             self.reclaim_tx();
         }
         if self.tx.free_descs() < needed {
