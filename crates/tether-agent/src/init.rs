@@ -1,5 +1,6 @@
 //! Duties of the agent when it is the guest's PID 1: the filesystems every program
-//! expects, the kernel modules the guest needs (vsock, virtio), and a host name.
+//! expects, the kernel modules the guest needs (vsock, virtio), a host name, and the
+//! loopback interface.
 
 use nix::mount::{mount, MsFlags};
 use std::ffi::CString;
@@ -10,8 +11,8 @@ use std::path::Path;
 pub const MODULES_LIST: &str = "/etc/tether/modules";
 
 /// Mounts /proc, /sys, /dev, /dev/pts, /tmp and /run; loads the listed modules; names
-/// the host. Failures of single steps are reported and skipped: a guest with fewer
-/// mounts still serves commands.
+/// the host; brings up `lo`. Failures of single steps are reported and skipped: a guest
+/// with fewer mounts still serves commands.
 pub fn setup() -> io::Result<()> {
     let mounts: [(&str, &str, &str, &str); 6] = [
         ("proc", "/proc", "proc", ""),
@@ -42,6 +43,36 @@ pub fn setup() -> io::Result<()> {
     load_modules(Path::new(MODULES_LIST));
     name_virtio_ports();
     let _ = nix::unistd::sethostname("tether-vm");
+    if let Err(e) = loopback_up() {
+        eprintln!("tether init: bringing up lo: {e}");
+    }
+    Ok(())
+}
+
+/// Sets `lo` up, as a distribution's init scripts would. The kernel creates it down: a
+/// program may bind 127.0.0.1 but nothing can connect there ("network is unreachable"),
+/// which breaks guest services and forwarding to them.
+fn loopback_up() -> io::Result<()> {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    // Any AF_INET socket will do for interface ioctls.
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of `req`, which lives
+    // across the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads `req`, which lives across the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(())
 }
 

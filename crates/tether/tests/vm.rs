@@ -69,6 +69,123 @@ fn guest_binary() -> PathBuf {
     p
 }
 
+/// The port of the first `tcp://` URI in a line such as `tether: forwarding URI ...` or
+/// `tether: listening on URI`.
+fn tcp_port_in(line: &str) -> u16 {
+    line.split_whitespace()
+        .find(|w| w.starts_with("tcp://"))
+        .and_then(|ep| ep.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or_else(|| panic!("no tcp:// URI in {line:?}"))
+}
+
+/// Lowercase text, different per seed: `tr a-z A-Z` in the guest turns it into its
+/// uppercase, so every byte of a connection is checked.
+fn lowercase_text(len: usize, seed: u64) -> Vec<u8> {
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789 \n";
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            alphabet[(x % alphabet.len() as u64) as usize]
+        })
+        .collect()
+}
+
+/// `tether forward --via AGENT` both ways against the real guest's agent.
+fn forward_through_the_agent(agent: &str) {
+    // Into the guest: a listener on the guest's loopback, which only the agent can reach.
+    let (_guest_service, first) = background(&[
+        "exec",
+        agent,
+        "--",
+        "tether",
+        "listen",
+        "--keep",
+        "--exec",
+        "tr a-z A-Z",
+        "tcp://127.0.0.1:7777",
+    ]);
+    assert!(first.contains("listening on"), "{first}");
+    let (_fwd, first) = background(&[
+        "forward",
+        "--via",
+        agent,
+        "tcp://127.0.0.1:0",
+        "tcp://127.0.0.1:7777",
+    ]);
+    let port = tcp_port_in(&first);
+    let clients: Vec<_> = (0..20u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let input = lowercase_text(32 * 1024 + i as usize * 101, i + 1);
+                let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+                let mut r = c.try_clone().unwrap();
+                let reader = std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    std::io::Read::read_to_end(&mut r, &mut got).unwrap();
+                    got
+                });
+                c.write_all(&input).unwrap();
+                c.shutdown(std::net::Shutdown::Write).unwrap();
+                let got = reader.join().unwrap();
+                let want = input.to_ascii_uppercase();
+                assert_eq!(got.len(), want.len(), "connection {i}");
+                assert_eq!(
+                    Sha256::digest(&got),
+                    Sha256::digest(&want),
+                    "connection {i}"
+                );
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+
+    // Out of the guest: the agent listens on the guest's 127.0.0.1:7778, and a guest
+    // program's connection there reaches a host service; its EOF and the reply pass.
+    let (_host_service, first) = background(&[
+        "listen",
+        "--keep",
+        "--exec",
+        "tr a-z A-Z",
+        "tcp://127.0.0.1:0",
+    ]);
+    let host_port = tcp_port_in(&first);
+    let (_reverse, first) = background(&[
+        "forward",
+        "--via",
+        agent,
+        "--reverse",
+        "tcp://127.0.0.1:7778",
+        &format!("tcp://127.0.0.1:{host_port}"),
+    ]);
+    assert!(first.contains("in the guest"), "{first}");
+    let out = run(
+        &[
+            "exec",
+            "--timeout",
+            "30s",
+            agent,
+            "--",
+            "sh",
+            "-c",
+            "echo from-a-guest-program | tether cat tcp://127.0.0.1:7778",
+        ],
+        b"",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "FROM-A-GUEST-PROGRAM\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_real_guest_runs_commands_and_carries_connections_both_ways() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -290,6 +407,11 @@ fn a_real_guest_runs_commands_and_carries_connections_both_ways() {
         format!("hybrid://{}:7000", uds.display()).parse().unwrap();
     let reply = rt.block_on(ask_line(&socat_port, "to socat\n"));
     assert_eq!(reply, "TO SOCAT\n");
+
+    // Port forwarding through the agent (tether vm's agent allows loopback TCP both
+    // ways): a service on the guest's loopback only, reached from the host by 20
+    // concurrent connections, and a host service reached from inside the guest.
+    forward_through_the_agent(&agent);
 
     rt.block_on(vm.stop());
 
