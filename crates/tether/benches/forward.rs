@@ -1,5 +1,8 @@
 //! `tether forward` beside socat on the same machine in the same run: throughput of one
-//! connection and the round trip a relay adds, TCP to TCP and Unix to Unix.
+//! connection and the round trip a relay adds, TCP to TCP and Unix to Unix; and
+//! forwarding through the agent (`tether forward --via` to `tether agent` on a Unix
+//! socket, which connects to the TCP target) beside two socats with a Unix socket between
+//! them, the same two hops.
 //!
 //! `cargo bench -p tether --bench forward`; `TETHER_BENCH_QUICK=1` for a short run.
 //! Needs socat (`apt-get install socat`).
@@ -251,26 +254,38 @@ fn measure(fam: &Family, total: u64, pings: usize, rounds: usize) -> Row {
         ("socat", socat as fn(&Family, &str, &str) -> Relay),
         ("tether", tether),
     ];
-    let mut addrs = vec![(sink_addr.clone(), echo_addr.clone(), None)];
+    let mut addrs = vec![(sink_addr.clone(), echo_addr.clone())];
+    let mut running = Vec::new();
     for (name, start) in relays {
         let s = fam.relay_addr(&format!("{name}-sink"));
         let e = fam.relay_addr(&format!("{name}-echo"));
-        let r = (start(fam, &s, &sink_addr), start(fam, &e, &echo_addr));
-        addrs.push((s, e, Some(r)));
+        running.push((start(fam, &s, &sink_addr), start(fam, &e, &echo_addr)));
+        addrs.push((s, e));
     }
+    measure_paths(fam, fam.name(), &addrs, total, pings, rounds)
+}
+
+/// Throughput and round trips of the direct, socat and tether paths, each given as (sink
+/// address, echo address).
+fn measure_paths(
+    fam: &Family,
+    label: &'static str,
+    addrs: &[(String, String)],
+    total: u64,
+    pings: usize,
+    rounds: usize,
+) -> Row {
     // Rounds interleave the three paths so drift in machine load hits all alike.
-    let mut rates = vec![Vec::new(); 3];
+    let mut rates = vec![Vec::new(); addrs.len()];
     for _ in 0..rounds {
-        for (i, (s, _, _)) in addrs.iter().enumerate() {
+        for (i, (s, _)) in addrs.iter().enumerate() {
             rates[i].push(throughput(fam, s, total));
         }
     }
     // Round trips interleave the same way, on one connection per path.
-    let mut conns: Vec<Box<dyn Conn>> = addrs
-        .iter()
-        .map(|(_, e, _)| fam.connect(e).unwrap())
-        .collect();
-    let mut samples = vec![Vec::new(); 3];
+    let mut conns: Vec<Box<dyn Conn>> =
+        addrs.iter().map(|(_, e)| fam.connect(e).unwrap()).collect();
+    let mut samples = vec![Vec::new(); addrs.len()];
     for _ in 0..10 {
         for (i, c) in conns.iter_mut().enumerate() {
             samples[i].extend(round_trips(c.as_mut(), pings / 10));
@@ -279,12 +294,105 @@ fn measure(fam: &Family, total: u64, pings: usize, rounds: usize) -> Row {
     let rtt: Vec<(f64, f64)> = samples.into_iter().map(percentiles).collect();
     let mut rates = rates.into_iter().map(median);
     Row {
-        family: fam.name(),
+        family: label,
         direct: rates.next().unwrap(),
         socat: rates.next().unwrap(),
         tether: rates.next().unwrap(),
         rtt: [rtt[0], rtt[1], rtt[2]],
     }
+}
+
+/// A `tether agent` on a Unix socket that may forward to loopback TCP, as a guest's agent
+/// would to its services; killed when dropped.
+fn agent(dir: &Path) -> (Relay, String) {
+    let sock = dir.join("agent.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .arg("agent")
+        .arg("--listen")
+        .arg(format!("unix://{}", sock.display()))
+        .arg("--allow-connect")
+        .arg("tcp://127.0.0.1:*")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent = Relay(child);
+    for _ in 0..500 {
+        if UnixStream::connect(&sock).is_ok() {
+            return (agent, format!("unix://{}", sock.display()));
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the agent did not start listening on {}", sock.display());
+}
+
+/// `tether forward --via AGENT tcp://LISTEN tcp://TARGET`.
+fn tether_via(agent: &str, listen: &str, target: &str) -> Relay {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+    cmd.arg("forward")
+        .arg("--via")
+        .arg(agent)
+        .arg(format!("tcp://{listen}"))
+        .arg(format!("tcp://{target}"));
+    start_relay(&Family::Tcp, &mut cmd, listen)
+}
+
+/// Two socats, TCP to a Unix socket and that Unix socket to TCP: the hops of the agent
+/// path.
+fn socat_two_hops(dir: &Path, tag: &str, listen: &str, target: &str) -> (Relay, Relay) {
+    let hop = dir.join(format!("{tag}-hop.sock"));
+    let unix = Family::Unix(dir.to_path_buf());
+    let mut inner = Command::new("socat");
+    inner
+        .arg(format!("UNIX-LISTEN:{},fork", hop.display()))
+        .arg(format!("TCP:{target}"));
+    let inner = start_relay(&unix, &mut inner, &hop.display().to_string());
+    let mut outer = Command::new("socat");
+    outer
+        .arg(Family::Tcp.socat_listen(listen))
+        .arg(format!("UNIX-CONNECT:{}", hop.display()));
+    (inner, start_relay(&Family::Tcp, &mut outer, listen))
+}
+
+/// Host TCP → relay → Unix socket → agent (or second socat) → TCP target.
+fn measure_via_agent(dir: &Path, total: u64, pings: usize, rounds: usize) -> Row {
+    let fam = Family::Tcp;
+    let sink_addr = fam.serve("sink", sink);
+    let echo_addr = fam.serve("echo", echo);
+    let (_agent, agent_uri) = agent(dir);
+    let socat_sink = fam.relay_addr("socat2-sink");
+    let socat_echo = fam.relay_addr("socat2-echo");
+    let _socats = (
+        socat_two_hops(dir, "sink", &socat_sink, &sink_addr),
+        socat_two_hops(dir, "echo", &socat_echo, &echo_addr),
+    );
+    let via_sink = fam.relay_addr("via-sink");
+    let via_echo = fam.relay_addr("via-echo");
+    let _vias = (
+        tether_via(&agent_uri, &via_sink, &sink_addr),
+        tether_via(&agent_uri, &via_echo, &echo_addr),
+    );
+    let addrs = [
+        (sink_addr, echo_addr),
+        (socat_sink, socat_echo),
+        (via_sink, via_echo),
+    ];
+    measure_paths(&fam, "tcp via agent, 2 hops", &addrs, total, pings, rounds)
+}
+
+fn print_row(r: &Row) {
+    println!(
+        "{:<22} {:>12.0} {:>12.0} {:>12.0} {:>8.2}x | {:>7.1}/{:<6.1}µs {:>13.1} µs {:>13.1} µs",
+        r.family,
+        r.direct,
+        r.socat,
+        r.tether,
+        r.tether / r.socat,
+        r.rtt[0].0,
+        r.rtt[0].1,
+        r.rtt[1].0 - r.rtt[0].0,
+        r.rtt[2].0 - r.rtt[0].0,
+    );
 }
 
 fn scratch_dir() -> PathBuf {
@@ -311,7 +419,7 @@ fn main() {
         total >> 20
     );
     println!(
-        "{:<6} {:>12} {:>12} {:>12} {:>9} | {:>16} {:>16} {:>16}",
+        "{:<22} {:>12} {:>12} {:>12} {:>9} | {:>16} {:>16} {:>16}",
         "link",
         "direct MiB/s",
         "socat MiB/s",
@@ -322,19 +430,9 @@ fn main() {
         "tether +p50"
     );
     for fam in [Family::Tcp, Family::Unix(dir.clone())] {
-        let r = measure(&fam, total, pings, rounds);
-        println!(
-            "{:<6} {:>12.0} {:>12.0} {:>12.0} {:>8.2}x | {:>7.1}/{:<6.1}µs {:>13.1} µs {:>13.1} µs",
-            r.family,
-            r.direct,
-            r.socat,
-            r.tether,
-            r.tether / r.socat,
-            r.rtt[0].0,
-            r.rtt[0].1,
-            r.rtt[1].0 - r.rtt[0].0,
-            r.rtt[2].0 - r.rtt[0].0,
-        );
+        print_row(&measure(&fam, total, pings, rounds));
     }
+    // socat: two socats (TCP to Unix, Unix to TCP); tether: forward --via, then the agent.
+    print_row(&measure_via_agent(&dir, total, pings, rounds));
     let _ = std::fs::remove_dir_all(Path::new(&dir));
 }
