@@ -9,157 +9,22 @@
 //! Everything talks over Unix sockets and loopback TCP; nothing here opens AF_VSOCK.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 use tether_client::{Client, Endpoint, Peer};
 
+mod support;
+use support::{ensure_installed, start_sshd, wait_until, Proc, Scratch, Sshd, STEP};
+
 const TETHER: &str = env!("CARGO_BIN_EXE_tether");
-const SSHD: &str = "/usr/sbin/sshd";
 const QEMU_GA: &str = "/usr/sbin/qemu-ga";
 const MIB: f64 = 1024.0 * 1024.0;
 /// The most qemu-ga keeps of a command's output (GUEST_EXEC_MAX_OUTPUT in qga/commands.c).
 const QGA_OUTPUT: u64 = 16 << 20;
-/// How long any single step may take before the bench gives up.
-const STEP: Duration = Duration::from_secs(30);
-
-/// A scratch directory, removed when dropped (after the processes using it: declare it
-/// first).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = std::env::temp_dir().join(format!("tether-bench-exec-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A process the bench started: SIGTERM, then SIGKILL after a grace, when dropped. It
-/// also gets SIGKILL if the bench dies without unwinding (PR_SET_PDEATHSIG; every process
-/// is spawned from the main thread, which lives as long as the bench).
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    /// Spawns without PR_SET_PDEATHSIG, so std takes its posix_spawn path rather than
-    /// fork, for processes whose start is timed: forking the bench (bigger than the agent,
-    /// more so after the throughput runs) would add a cost of its own.
-    fn spawn_fast(cmd: &mut Command) -> Proc {
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-        Proc { child }
-    }
-
-    fn spawn(cmd: &mut Command) -> Proc {
-        // SAFETY: prctl only, between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-        Proc { child }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Panics with `log` if the process has already ended.
-    fn check_alive(&mut self, what: &str, log: Option<&Path>) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            let log = log
-                .and_then(|p| std::fs::read_to_string(p).ok())
-                .unwrap_or_default();
-            panic!("{what} exited early ({status}):\n{log}");
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Polls `ready` until it holds, for at most `limit`; panics naming `what` otherwise.
-fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ready() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} not ready after {limit:?}"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Makes sure `binary` exists: installs `package` with apt-get when running as root,
-/// otherwise stops with the command to run.
-fn ensure_installed(binary: &str, package: &str) {
-    if Path::new(binary).exists() {
-        return;
-    }
-    if !nix::unistd::geteuid().is_root() {
-        panic!("{binary} is missing; install it with: sudo apt-get install -y {package}");
-    }
-    eprintln!("{binary} is missing; installing {package} with apt-get");
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", package])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    // A stale package index gives 404s: refresh it once and try again.
-    if !install() {
-        let _ = Command::new("apt-get")
-            .arg("update")
-            .stdout(Stdio::null())
-            .status();
-        assert!(install(), "apt-get install -y {package} failed (see above)");
-    }
-    assert!(
-        Path::new(binary).exists(),
-        "{package} installed but {binary} is still missing"
-    );
-}
 
 // ---------------------------------------------------------------------------------------
 // The tether agent
@@ -443,118 +308,11 @@ fn raw_socketpair(n: u64) -> f64 {
 // ---------------------------------------------------------------------------------------
 // ssh
 
-/// sshd on 127.0.0.1 with key auth only, its keys and config in the scratch directory.
-struct Sshd {
-    port: u16,
-    key: PathBuf,
-    log: PathBuf,
-    proc: Proc,
-}
-
-fn keygen(path: &Path) {
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "tether-bench", "-f"])
-        .arg(path)
-        .stdin(Stdio::null())
-        .status()
-        .expect("running ssh-keygen");
-    assert!(status.success(), "ssh-keygen failed");
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_sshd(dir: &Scratch) -> Sshd {
-    ensure_installed(SSHD, "openssh-server");
-    // The privilege separation directory Debian's sshd insists on (normally made by its
-    // init script).
-    if let Err(e) = std::fs::create_dir_all("/run/sshd") {
-        eprintln!("cannot create /run/sshd ({e}); sshd may refuse to start");
-    }
-    let host_key = dir.path("ssh_host_ed25519_key");
-    let key = dir.path("id_ed25519");
-    keygen(&host_key);
-    keygen(&key);
-    let authorized = dir.path("authorized_keys");
-    std::fs::copy(dir.path("id_ed25519.pub"), &authorized).unwrap();
-    let port = free_tcp_port();
-    let config = dir.path("sshd_config");
-    std::fs::write(
-        &config,
-        format!(
-            "ListenAddress 127.0.0.1\n\
-             Port {port}\n\
-             HostKey {}\n\
-             AuthorizedKeysFile {}\n\
-             PubkeyAuthentication yes\n\
-             PasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\n\
-             PermitRootLogin prohibit-password\n\
-             UsePAM no\n\
-             StrictModes no\n\
-             PidFile {}\n",
-            host_key.display(),
-            authorized.display(),
-            dir.path("sshd.pid").display()
-        ),
-    )
-    .unwrap();
-    let log = dir.path("sshd.log");
-    let mut proc = Proc::spawn(
-        Command::new(SSHD)
-            .arg("-D")
-            .arg("-e")
-            .arg("-f")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap()),
-    );
-    wait_until("sshd", STEP, || {
-        proc.check_alive("sshd", Some(&log));
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    Sshd {
-        port,
-        key,
-        log,
-        proc,
-    }
-}
-
 /// `ssh ... 127.0.0.1 true`: a full connection, key exchange and authentication every
 /// time (no ControlMaster). In ms.
 fn ssh_true(sshd: &mut Sshd) -> f64 {
-    let mut cmd = Command::new("ssh");
-    cmd.arg("-i")
-        .arg(&sshd.key)
-        .arg("-p")
-        .arg(sshd.port.to_string())
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "ControlMaster=no",
-            "-o",
-            "ControlPath=none",
-            "-o",
-            "IdentitiesOnly=yes",
-            "127.0.0.1",
-            "true",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+    let mut cmd = sshd.ssh();
+    cmd.arg("true").stdin(Stdio::null()).stdout(Stdio::null());
     let t = Instant::now();
     let out = cmd.output().expect("running ssh");
     let ms = t.elapsed().as_secs_f64() * 1e3;
@@ -851,7 +609,7 @@ fn main() {
         }
     };
     // Declared first, dropped last: after every process using it has been stopped.
-    let dir = Scratch::new();
+    let dir = Scratch::new("exec");
     let ct = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
