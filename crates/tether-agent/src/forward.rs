@@ -113,12 +113,12 @@ impl Forwarding {
         {
             return Ok(());
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let listener_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let _unclaimed = DropUnclaimed {
             waiting: self.waiting.clone(),
-            listener: id,
+            listener: listener_id,
         };
-        self.accept_loop(listener, id, frames, out).await
+        self.accept_loop(listener, listener_id, frames, out).await
     }
 
     async fn accept_loop(
