@@ -121,7 +121,9 @@ pub enum VmCommand {
     /// Boot a microVM that keeps running in the background; prints the agent's endpoint.
     #[command(after_help = "Examples:\n  \
         tether vm start && tether exec \"$(tether vm endpoint)\" -- uname -a && tether vm stop\n  \
-        tether vm start --serial --name s1")]
+        tether vm start --serial --name s1\n  \
+        tether forward --via \"$(tether vm endpoint)\" tcp://127.0.0.1:8080 tcp://127.0.0.1:80\n      \
+        the guest's agent forwards to and from its loopback TCP ports (docs/forward.md)")]
     Start(StartArgs),
     /// Print the agent endpoint of a started VM.
     Endpoint {
