@@ -3,9 +3,10 @@
 //! slow connection holds the other side back.
 
 use crate::error::FilesError;
-use crate::receive::Receiver;
+use crate::receive::{Receiver, Verdict};
 use crate::root::Root;
 use crate::send::send_tree;
+use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -57,12 +58,39 @@ pub fn spawn_send(root: Root, path: PathBuf) -> (mpsc::Receiver<Frame>, Outcome)
 /// Starts a [`Receiver`] for `dest` under `root`, fed from the returned queue. It ends
 /// with COPY_DONE applied, at the first error, or (removing the temporary of a file in
 /// flight) when the queue is dropped before COPY_DONE.
+///
+/// File content is hashed on one thread and written on another, so the two overlap:
+/// together they are most of a copy's work at the receiving end.
 pub fn spawn_receive(root: Root, dest: PathBuf) -> (mpsc::Sender<Frame>, Outcome) {
     let (tx, mut rx) = mpsc::channel::<Frame>(QUEUE);
+    let (checked_tx, mut checked) = mpsc::channel::<(Frame, Verdict)>(QUEUE);
+    tokio::task::spawn_blocking(move || {
+        let mut hash = Sha256::new();
+        while let Some(f) = rx.blocking_recv() {
+            let verdict = match &f {
+                Frame::FileData(b) => {
+                    hash.update(b);
+                    None
+                }
+                Frame::EntryEnd { sha256 } => {
+                    Some(<[u8; 32]>::from(hash.finalize_reset()) == *sha256)
+                }
+                // A new entry starts from an empty hash, whatever came before.
+                Frame::Entry(_) => {
+                    hash.reset();
+                    None
+                }
+                _ => None,
+            };
+            if checked_tx.blocking_send((f, verdict)).is_err() {
+                return;
+            }
+        }
+    });
     let task = tokio::task::spawn_blocking(move || {
         let mut receiver = Receiver::new(root, dest);
-        while let Some(f) = rx.blocking_recv() {
-            if let Some(summary) = receiver.frame(f)? {
+        while let Some((f, verdict)) = checked.blocking_recv() {
+            if let Some(summary) = receiver.frame_verified(f, verdict)? {
                 return Ok(summary);
             }
         }

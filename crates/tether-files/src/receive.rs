@@ -54,6 +54,10 @@ pub struct Receiver {
     summary: CopySummary,
 }
 
+/// Whether a file's content matched its ENTRY_END, when a stage before the receiver
+/// (see `pump`) computed the SHA-256 so that hashing and writing overlap.
+pub(crate) type Verdict = Option<bool>;
+
 /// Where the copy's root went and the directories the walk is inside.
 struct Tree {
     sender_root: String,
@@ -76,7 +80,8 @@ struct Incoming {
     entry: FileEntry,
     name: String,
     shown: String,
-    hash: Sha256,
+    /// None when a stage before the receiver hashes.
+    hash: Option<Sha256>,
     got: u64,
 }
 
@@ -103,14 +108,33 @@ impl Receiver {
     /// Applies one frame; returns the summary of what is in place once COPY_DONE has
     /// been applied (the copy is then complete).
     pub fn frame(&mut self, frame: Frame) -> Result<Option<CopySummary>, FilesError> {
+        self.apply(frame, None, true)
+    }
+
+    /// Applies one frame whose file content was hashed before it came here: `verdict`
+    /// says, for an ENTRY_END, whether the content matched.
+    pub(crate) fn frame_verified(
+        &mut self,
+        frame: Frame,
+        verdict: Verdict,
+    ) -> Result<Option<CopySummary>, FilesError> {
+        self.apply(frame, verdict, false)
+    }
+
+    fn apply(
+        &mut self,
+        frame: Frame,
+        verdict: Verdict,
+        hash_here: bool,
+    ) -> Result<Option<CopySummary>, FilesError> {
         match frame {
-            Frame::Entry(e) if self.file.is_none() => self.entry(e).map(|()| None),
+            Frame::Entry(e) if self.file.is_none() => self.entry(e, hash_here).map(|()| None),
             Frame::FileData(b) => match &mut self.file {
                 Some(f) => f.write(&b).map(|()| None),
                 None => Err(FilesError::bad_frame("FILE_DATA outside a file entry")),
             },
             Frame::EntryEnd { sha256 } => match self.file.take() {
-                Some(f) => self.finish_file(f, &sha256).map(|()| None),
+                Some(f) => self.finish_file(f, &sha256, verdict).map(|()| None),
                 None => Err(FilesError::bad_frame("ENTRY_END outside a file entry")),
             },
             Frame::CopyDone(sent) if self.file.is_none() => self.done(&sent).map(Some),
@@ -126,7 +150,7 @@ impl Receiver {
         }
     }
 
-    fn entry(&mut self, e: FileEntry) -> Result<(), FilesError> {
+    fn entry(&mut self, e: FileEntry, hash_here: bool) -> Result<(), FilesError> {
         let parts = entry_components(&e.path)?;
         let place = match &mut self.tree {
             None if parts.len() == 1 => {
@@ -144,7 +168,7 @@ impl Receiver {
         };
         match e.kind {
             EntryKind::Dir => self.dir(e, place),
-            EntryKind::File => self.start_file(e, place),
+            EntryKind::File => self.start_file(e, place, hash_here),
             EntryKind::Symlink => self.symlink(e, place),
         }
     }
@@ -213,7 +237,12 @@ impl Receiver {
         Ok(())
     }
 
-    fn start_file(&mut self, e: FileEntry, place: Place) -> Result<(), FilesError> {
+    fn start_file(
+        &mut self,
+        e: FileEntry,
+        place: Place,
+        hash_here: bool,
+    ) -> Result<(), FilesError> {
         let flags =
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let (temp, fd) = Temp::create(&place.dir, &place.name, |t| {
@@ -231,15 +260,24 @@ impl Receiver {
             entry: e,
             name: place.name,
             shown: place.shown,
-            hash: Sha256::new(),
+            hash: hash_here.then(Sha256::new),
             got: 0,
         });
         Ok(())
     }
 
-    fn finish_file(&mut self, f: Incoming, sha256: &[u8; 32]) -> Result<(), FilesError> {
-        let got: [u8; 32] = f.hash.finalize().into();
-        if &got != sha256 {
+    fn finish_file(
+        &mut self,
+        f: Incoming,
+        sha256: &[u8; 32],
+        verdict: Verdict,
+    ) -> Result<(), FilesError> {
+        let matched = match (&f.hash, verdict) {
+            (Some(h), _) => <[u8; 32]>::from(h.clone().finalize()) == *sha256,
+            (None, Some(m)) => m,
+            (None, None) => false,
+        };
+        if !matched {
             // Dropping `f.temp` removes the temporary.
             return Err(FilesError::new(
                 ErrorCode::Checksum,
@@ -355,7 +393,9 @@ impl Incoming {
         self.file
             .write_all(b)
             .map_err(|e| FilesError::io(&self.shown, &e))?;
-        self.hash.update(b);
+        if let Some(h) = &mut self.hash {
+            h.update(b);
+        }
         self.got += b.len() as u64;
         Ok(())
     }

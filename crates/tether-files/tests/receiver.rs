@@ -281,3 +281,42 @@ fn confined_receivers_refuse_destinations_outside_their_root() {
         Path::new("x")
     );
 }
+
+#[test]
+fn the_two_stage_receiver_refuses_a_bad_checksum_and_keeps_a_good_one() {
+    let t = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let good: [u8; 32] = {
+        use sha2::Digest;
+        sha2::Sha256::digest(b"data").into()
+    };
+    for (sha, name) in [([0u8; 32], "bad"), (good, "good")] {
+        let dest = t.path().to_path_buf();
+        let result = rt.block_on(async move {
+            let (sink, received) = tether_files::spawn_receive(Root::anywhere(), dest);
+            for f in [
+                entry(name, EntryKind::File),
+                Frame::FileData(Bytes::from_static(b"data")),
+                Frame::EntryEnd { sha256: sha },
+                Frame::CopyDone(CopySummary {
+                    files: 1,
+                    bytes: 4,
+                    ..Default::default()
+                }),
+            ] {
+                if sink.send(f).await.is_err() {
+                    break;
+                }
+            }
+            drop(sink);
+            received.wait().await
+        });
+        match name {
+            "bad" => assert_eq!(result.unwrap_err().code, ErrorCode::Checksum),
+            _ => assert_eq!(result.unwrap().bytes, 4),
+        }
+    }
+    assert_eq!(names(t.path()), ["good"]);
+}
