@@ -273,7 +273,14 @@ fn main() {
     } else {
         (1u64 << 30, 3)
     };
-    let dir = Scratch::new("cp");
+    // In memory (tmpfs) where there is one: the figures are then the copy machinery's,
+    // not this machine's disk journal's.
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        Scratch::in_dir(shm, "cp")
+    } else {
+        Scratch::new("cp")
+    };
     let sock = dir.path("agent.sock");
     let agent_proc = Proc::spawn(
         tether()
@@ -302,8 +309,9 @@ fn main() {
     println!(
         "tether cp beside raw tether cat and scp/tar over ssh: this machine ({} cores), one run, \
          median of {rounds} interleaved rounds; agent `tether agent --listen unix://..`, the \
-         \"guest\" a directory here; files in the page cache",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+         \"guest\" a directory here; files in {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        rig.dir.0.parent().unwrap().display()
     );
 
     // One large file, each way.

@@ -22,7 +22,12 @@ pub struct Scratch(pub PathBuf);
 impl Scratch {
     /// `tether-bench-NAME-PID` under the temporary directory, empty.
     pub fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("tether-bench-{name}-{}", std::process::id()));
+        Scratch::in_dir(&std::env::temp_dir(), name)
+    }
+
+    /// `tether-bench-NAME-PID` under `parent`, empty.
+    pub fn in_dir(parent: &Path, name: &str) -> Scratch {
+        let dir = parent.join(format!("tether-bench-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
