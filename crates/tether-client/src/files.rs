@@ -155,7 +155,12 @@ impl Client {
             state: Phase::Entry,
         };
         // The trailing slash makes the agent insist on an existing directory.
-        self.push(format!("{dir}/"), source, progress).await
+        let dir = if dir.ends_with('/') {
+            dir
+        } else {
+            format!("{dir}/")
+        };
+        self.push(dir, source, progress).await
     }
 
     /// Writes the content of the guest file `src` to `writer` as it arrives; after the
@@ -164,7 +169,8 @@ impl Client {
     ///
     /// ```no_run
     /// # async fn demo(client: tether_client::Client) -> Result<(), tether_client::ClientError> {
-    /// client.copy_stream_from_guest("/etc/os-release", tokio::io::stdout(), |_| {}).await?;
+    /// let mut bytes = Vec::new();
+    /// client.copy_stream_from_guest("/etc/os-release", &mut bytes, |_| {}).await?;
     /// # Ok(()) }
     /// ```
     pub async fn copy_stream_from_guest<W: AsyncWrite + Unpin>(
@@ -436,7 +442,11 @@ fn split_guest_file(dest: &str) -> Result<(String, String), ClientError> {
             message: format!("{dest}: a stream is stored as one file: give the file's path"),
         });
     }
-    Ok((dir.trim_end_matches('/').to_string(), name.to_string()))
+    let dir = match dir.trim_end_matches('/') {
+        "" => "/",
+        d => d,
+    };
+    Ok((dir.to_string(), name.to_string()))
 }
 
 fn kind_name(k: EntryKind) -> &'static str {
