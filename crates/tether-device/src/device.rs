@@ -7,7 +7,7 @@ use crate::config::DeviceConfig;
 use crate::host::{HostConn, Outcome, Phase, CHUNK};
 use crate::virtq;
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -59,6 +59,8 @@ pub struct Device {
     conns: HashMap<u64, HostConn>,
     by_id: HashMap<ConnId, u64>,
     line_deadlines: BTreeSet<(Instant, u64)>,
+    /// Streams not reading until their queued bytes have gone to the guest.
+    waiting: HashSet<u64>,
     next_token: u64,
     scratch: Vec<u8>,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
@@ -96,6 +98,7 @@ impl Device {
             conns: HashMap::new(),
             by_id: HashMap::new(),
             line_deadlines: BTreeSet::new(),
+            waiting: HashSet::new(),
             next_token: FIRST_CONN_TOKEN,
             scratch: vec![0; CHUNK],
             mem: None,
@@ -380,6 +383,9 @@ impl Device {
             return;
         };
         let want = conn.interest(&self.engine);
+        if conn.waits_for_guest(&self.engine) {
+            self.waiting.insert(token);
+        }
         if conn.registered == Some(want) || (conn.registered.is_none() && want.is_empty()) {
             return;
         }
@@ -403,6 +409,7 @@ impl Device {
     }
 
     fn drop_conn(&mut self, token: u64) {
+        self.waiting.remove(&token);
         if let Some(conn) = self.conns.remove(&token) {
             if conn.registered.is_some() {
                 let _ = self.epoll.ctl(
@@ -549,6 +556,7 @@ impl Device {
                     continue;
                 }
             };
+            self.top_up_waiting();
             let Some(packet) = self.engine.poll_transmit(room) else {
                 state.get_queue_mut().go_to_previous_position();
                 break;
@@ -567,9 +575,46 @@ impl Device {
         }
         self.notify_guest(&mut state, used);
         drop(state);
-        // Sending made room in send queues: streams paused on a full one hear Writable.
         if used {
             self.drain_engine_events(Instant::now());
+            self.resume_readers();
+        }
+    }
+
+    /// Streams that stopped reading with enough queued read again as soon as their queue
+    /// runs low, before the next packet is cut: the tail of what they queued then leaves
+    /// together with what the host wrote meanwhile, not as a small packet of its own.
+    fn top_up_waiting(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let ready: Vec<u64> = self
+            .waiting
+            .iter()
+            .copied()
+            .filter(|t| {
+                self.conns
+                    .get(t)
+                    .is_some_and(|c| !c.waits_for_guest(&self.engine))
+            })
+            .collect();
+        for token in ready {
+            self.waiting.remove(&token);
+            let conn = self
+                .conns
+                .get_mut(&token)
+                .expect("waiting streams are live");
+            let outcome = conn.pump_in(&mut self.engine, &mut self.scratch);
+            self.settle(token, outcome, now);
+        }
+    }
+
+    /// Streams whose queued bytes have gone to the guest read again.
+    fn resume_readers(&mut self) {
+        let waiting: Vec<u64> = self.waiting.drain().collect();
+        for token in waiting {
+            self.refresh(token);
         }
     }
 

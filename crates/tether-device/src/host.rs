@@ -9,6 +9,11 @@ use std::time::Instant;
 use tether_vsock::{CloseReason, ConnId, Engine, Shutdown, StreamError};
 use vmm_sys_util::epoll::EventSet;
 
+/// A stream with this much queued for the guest reads no more until the guest has taken
+/// it: bytes the host writes meanwhile gather in the socket and leave in full packets,
+/// instead of one small packet per small write. One Linux RX buffer's worth.
+const LOW_WATER: usize = 4096;
+
 /// Largest chunk moved between a host socket and the engine in one call.
 pub(crate) const CHUNK: usize = 256 * 1024;
 
@@ -87,13 +92,24 @@ impl HostConn {
         self.dead = Some(reason);
     }
 
+    /// Whether this stream waits for its queued bytes to reach the guest before it reads
+    /// more (see [`HostConn::interest`]).
+    pub(crate) fn waits_for_guest(&self, engine: &Engine) -> bool {
+        match self.phase {
+            Phase::Line { .. } => false,
+            Phase::Connecting(id) | Phase::Open(id) => {
+                !self.host_eof && self.dead.is_none() && engine.send_queue_len(id) >= LOW_WATER
+            }
+        }
+    }
+
     /// The epoll interest this stream needs now.
     pub(crate) fn interest(&self, engine: &Engine) -> EventSet {
         let mut set = EventSet::empty();
         let wants_read = match self.phase {
             Phase::Line { .. } => true,
             Phase::Connecting(id) | Phase::Open(id) => {
-                !self.host_eof && self.dead.is_none() && send_room(engine, id) > 0
+                !self.host_eof && self.dead.is_none() && engine.send_queue_len(id) < LOW_WATER
             }
         };
         if wants_read {
@@ -125,14 +141,7 @@ impl HostConn {
                 self.finished_or_live()
             }
             Ok(n) => match engine.send(id, &scratch[..n]) {
-                Ok(_) => {
-                    if send_room(engine, id) == 0 {
-                        // A send cut short is what makes the engine report Writable once
-                        // the queue drains; with no room it takes nothing.
-                        let _ = engine.send(id, &scratch[..1]);
-                    }
-                    Outcome::Live
-                }
+                Ok(_) => Outcome::Live,
                 Err(_) => Outcome::Failed,
             },
             Err(e) if would_block(&e) => Outcome::Live,
