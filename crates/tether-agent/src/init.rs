@@ -76,6 +76,23 @@ fn loopback_up() -> io::Result<()> {
     Ok(())
 }
 
+/// Waits up to `limit` for `device` to exist, naming virtio-serial ports as they appear:
+/// virtio_console adds its ports some time after the module loads, and a busy host can
+/// make that seconds. Returns whether the device is there.
+pub fn wait_for_device(device: &Path, limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if device.exists() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        name_virtio_ports();
+    }
+}
+
 /// Links `/dev/virtio-ports/NAME` to each named virtio-serial port, as udev would, so
 /// `mux+serial:///dev/virtio-ports/NAME:PORT` works without udev.
 fn name_virtio_ports() {

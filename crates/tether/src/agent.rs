@@ -94,6 +94,15 @@ pub fn run(args: Args, config: Option<&Path>) -> Result<()> {
         });
         let mut serving = tokio::task::JoinSet::new();
         for ep in &listen {
+            if let (true, Endpoint::MuxSerial { device, .. }) = (args.init, ep) {
+                // As init the agent starts before the guest's serial ports exist.
+                let device = device.clone();
+                let limit = std::time::Duration::from_secs(30);
+                tokio::task::spawn_blocking(move || {
+                    tether_agent::init::wait_for_device(&device, limit)
+                })
+                .await?;
+            }
             let listener = transport.bind(ep).await?;
             eprintln!("tether: agent listening on {}", listener.local_endpoint());
             let agent = agent.clone();
