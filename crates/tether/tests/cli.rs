@@ -1,7 +1,6 @@
 //! `tether cat`, `listen` and `forward` as users run them, against socat and fake VMM
 //! sockets. Needs socat (scripts/test installs it).
 
-use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -11,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{run_with_input, tether};
+use support::{checksummed_echoes, data, run_with_input, sha, tether};
 
 fn socat() -> Command {
     Command::new("socat")
@@ -57,22 +56,6 @@ fn tmpdir(tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn sha(b: &[u8]) -> Vec<u8> {
-    Sha256::digest(b).to_vec()
 }
 
 fn free_tcp_port() -> u16 {
@@ -341,28 +324,7 @@ fn forward_relays_200_concurrent_connections_intact() {
         &format!("unix://{}", target.display()),
     ]));
     let port: u16 = ep.rsplit_once(':').unwrap().1.parse().unwrap();
-    let clients: Vec<_> = (0..200u64)
-        .map(|i| {
-            thread::spawn(move || {
-                let input = data(128 * 1024 + i as usize * 97, i + 10);
-                let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                let mut r = c.try_clone().unwrap();
-                let reader = thread::spawn(move || {
-                    let mut got = Vec::new();
-                    r.read_to_end(&mut got).unwrap();
-                    got
-                });
-                c.write_all(&input).unwrap();
-                c.shutdown(Shutdown::Write).unwrap();
-                let got = reader.join().unwrap();
-                assert_eq!(got.len(), input.len(), "connection {i}");
-                assert_eq!(sha(&got), sha(&input), "connection {i}");
-            })
-        })
-        .collect();
-    for c in clients {
-        c.join().unwrap();
-    }
+    checksummed_echoes(port, 200, 128 * 1024);
 }
 
 #[test]

@@ -6,7 +6,6 @@
 //! the CLI never does: bytes sent right behind a request, unknown ids, claim timeouts.
 
 use futures::{SinkExt, StreamExt};
-use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -20,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::Framed;
 
 mod support;
+use support::{checksummed_echoes, data};
 
 /// Reads and writes on test sockets give up after this: no test hangs.
 const IO_LIMIT: Duration = Duration::from_secs(60);
@@ -146,22 +146,6 @@ fn tcp(port: u16) -> String {
     format!("tcp://127.0.0.1:{port}")
 }
 
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn sha(b: &[u8]) -> Vec<u8> {
-    Sha256::digest(b).to_vec()
-}
-
 fn connect(port: u16) -> TcpStream {
     let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(IO_LIMIT)).unwrap();
@@ -185,33 +169,6 @@ fn tcp_echo() -> u16 {
         }
     });
     port
-}
-
-/// `n` connections to `port` at once, each sending its own data, half-closing, and
-/// checking the echo's SHA-256.
-fn checksummed_echoes(port: u16, n: u64, base_len: usize) {
-    let clients: Vec<_> = (0..n)
-        .map(|i| {
-            thread::spawn(move || {
-                let input = data(base_len + i as usize * 97, i + 10);
-                let mut c = connect(port);
-                let mut r = c.try_clone().unwrap();
-                let reader = thread::spawn(move || {
-                    let mut got = Vec::new();
-                    r.read_to_end(&mut got).unwrap();
-                    got
-                });
-                c.write_all(&input).unwrap();
-                c.shutdown(Shutdown::Write).unwrap();
-                let got = reader.join().unwrap();
-                assert_eq!(got.len(), input.len(), "connection {i}");
-                assert_eq!(sha(&got), sha(&input), "connection {i}");
-            })
-        })
-        .collect();
-    for c in clients {
-        c.join().unwrap();
-    }
 }
 
 /// One short echo exchange through `port`: the path works.

@@ -1,10 +1,12 @@
-//! What the CLI test files share: the tether command, a one-shot run with input, and an
-//! agent process that dies with the test binary.
+//! What the CLI test files share: the tether command, a one-shot run with input, an
+//! agent process that dies with the test binary, test data and checksummed echoes.
 
 // Each test file compiles its own copy and uses a part of it.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
@@ -70,4 +72,54 @@ pub fn spawn_agent(socket: &Path, extra: &[&str]) -> Child {
     assert!(first.contains("agent listening on"), "{first}");
     std::thread::spawn(move || for _ in lines {});
     child
+}
+
+/// Deterministic test data, distinct per `seed`.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// SHA-256 of `b`.
+pub fn sha(b: &[u8]) -> Vec<u8> {
+    Sha256::digest(b).to_vec()
+}
+
+/// `n` connections to 127.0.0.1:`port` at once, each sending its own data (`base_len`
+/// bytes and a little more per connection), half-closing, and checking the echo's SHA-256.
+/// Every read and write gives up after a minute, so a lost byte fails instead of hanging.
+pub fn checksummed_echoes(port: u16, n: u64, base_len: usize) {
+    let clients: Vec<_> = (0..n)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let input = data(base_len + i as usize * 97, i + 10);
+                let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                c.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+                    .unwrap();
+                c.set_write_timeout(Some(std::time::Duration::from_secs(60)))
+                    .unwrap();
+                let mut r = c.try_clone().unwrap();
+                let reader = std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    r.read_to_end(&mut got).unwrap();
+                    got
+                });
+                c.write_all(&input).unwrap();
+                c.shutdown(Shutdown::Write).unwrap();
+                let got = reader.join().unwrap();
+                assert_eq!(got.len(), input.len(), "connection {i}");
+                assert_eq!(sha(&got), sha(&input), "connection {i}");
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
 }
