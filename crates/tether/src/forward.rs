@@ -54,18 +54,39 @@ pub async fn run(args: Args, cfg: &Config) -> Result<()> {
         list(peer.endpoints())
     );
     let slots = Arc::new(Semaphore::new(args.max_conns.max(1)));
+    let peer = Arc::new(peer);
+    relay_each(&mut listener, slots, move || {
+        let (transport, peer) = (transport.clone(), peer.clone());
+        async move { transport.dial_peer(&peer).await }
+    })
+    .await
+}
+
+/// Relays every connection accepted on `listener`, at most `slots` at once, to what
+/// `dial` opens for it. A connection whose dial fails is closed unserved, and why is said
+/// where the user looks.
+async fn relay_each<S, E, F, Fut>(
+    listener: &mut Listener,
+    slots: Arc<Semaphore>,
+    dial: F,
+) -> Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    E: std::fmt::Display + Send,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<S, E>> + Send + 'static,
+{
     loop {
-        let (mut inbound, permit) = accept(&mut listener, &slots).await?;
-        let transport = transport.clone();
-        let peer = peer.clone();
+        let (mut inbound, permit) = accept(listener, &slots).await?;
+        let dialing = dial();
         tokio::spawn(async move {
             let from = inbound.remote().to_string();
-            match transport.dial_peer(&peer).await {
+            match dialing.await {
                 Ok(mut outbound) => match relay::relay(&mut inbound, &mut outbound).await {
                     Ok(n) => tracing::debug!(%from, up = n.a_to_b, down = n.b_to_a, "relayed"),
                     Err(e) => tracing::debug!(%from, "relay ended: {e}"),
                 },
-                Err(e) => tracing::warn!(%from, "{e}"),
+                Err(e) => eprintln!("tether: connection from {from}: {e}"),
             }
             drop(permit);
         });
@@ -142,23 +163,11 @@ async fn into_guest(
         listener.local_endpoint()
     );
     let target = Arc::new(to.to_string());
-    loop {
-        let (mut inbound, permit) = accept(&mut listener, &slots).await?;
-        let client = client.clone();
-        let target = target.clone();
-        tokio::spawn(async move {
-            let from = inbound.remote().to_string();
-            match client.connect_guest(&target).await {
-                Ok(mut guest) => match relay::relay(&mut inbound, &mut guest).await {
-                    Ok(n) => tracing::debug!(%from, up = n.a_to_b, down = n.b_to_a, "relayed"),
-                    Err(e) => tracing::debug!(%from, "relay ended: {e}"),
-                },
-                // The connection closes unserved; say why where the user looks.
-                Err(e) => eprintln!("tether: connection from {from}: {e}"),
-            }
-            drop(permit);
-        });
-    }
+    relay_each(&mut listener, slots, move || {
+        let (client, target) = (client.clone(), target.clone());
+        async move { client.connect_guest(&target).await }
+    })
+    .await
 }
 
 /// Guest connections to `from` (listened on inside the guest) to `to` on this side.
