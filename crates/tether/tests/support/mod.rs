@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// `tether`, with no config file or home directory of the machine's leaking in.
 pub fn tether() -> Command {
@@ -17,8 +18,9 @@ pub fn tether() -> Command {
     c
 }
 
-/// Runs a one-shot command with `input` on stdin; collects its output.
-pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Output {
+/// Starts `cmd` with its stdio piped and `input` fed to its stdin from a thread (so a
+/// command that writes before it reads cannot deadlock against us).
+fn spawn_fed(cmd: &mut Command, input: &[u8]) -> (Child, std::thread::JoinHandle<()>) {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -27,12 +29,49 @@ pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Output {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let input = input.to_vec();
-    let writer = std::thread::spawn(move || {
+    let feeder = std::thread::spawn(move || {
         let _ = stdin.write_all(&input);
     });
+    (child, feeder)
+}
+
+/// Runs a one-shot command with `input` on stdin; collects its output.
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Output {
+    let (child, feeder) = spawn_fed(cmd, input);
     let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
+    feeder.join().unwrap();
     out
+}
+
+/// [`run_with_input`] within `limit`: past it the command is killed and the test fails.
+pub fn run_within(cmd: &mut Command, input: &[u8], limit: Duration) -> Output {
+    let (mut child, feeder) = spawn_fed(cmd, input);
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = pipe.read_to_end(&mut v);
+            v
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    feeder.join().unwrap();
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
 }
 
 /// Starts `tether agent --listen unix://SOCKET EXTRA...` and waits until it listens. It is
@@ -101,10 +140,8 @@ pub fn checksummed_echoes(port: u16, n: u64, base_len: usize) {
             std::thread::spawn(move || {
                 let input = data(base_len + i as usize * 97, i + 10);
                 let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                c.set_read_timeout(Some(std::time::Duration::from_secs(60)))
-                    .unwrap();
-                c.set_write_timeout(Some(std::time::Duration::from_secs(60)))
-                    .unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                c.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
                 let mut r = c.try_clone().unwrap();
                 let reader = std::thread::spawn(move || {
                     let mut got = Vec::new();
