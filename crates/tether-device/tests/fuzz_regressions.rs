@@ -78,10 +78,8 @@ fn pseudo_random_inputs(count: usize, seed: u64) -> impl Iterator<Item = Vec<u8>
 fn device_chains_interpreter_survives_pseudo_random_inputs() {
     for (i, input) in pseudo_random_inputs(300, 0xde71_ce5e_ed00).enumerate() {
         let name = format!("pseudo-random input #{i}");
-        replay(std::path::Path::new(&name), input, |data| {
-            fuzz_chains::run_with(data, false)
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+        replay(std::path::Path::new(&name), input, fuzz_chains::run)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 }
 

@@ -26,12 +26,6 @@
 //!   well-formed packet no larger than the buffer: header from CID 2 to the guest, `len`
 //!   matching the used length and at most 64 KiB, a defined op;
 //! * the device's counters never go backwards.
-//!
-//! [`run_with`] can keep the device away from rings whose avail index runs more than a
-//! ring ahead of it: `process_tx`/`process_rx` currently spin forever there (saved as
-//! `fuzz/regressions/device_chains/avail-index-a-ring-ahead-hangs`), which would stop a
-//! fuzzing session at its first hit. The fuzz target does so when
-//! `DEVICE_CHAINS_AVOID_AVAIL_OVERRUN=1` is set.
 
 use crate::support::{
     read_available, write_available, Desc, Driver, Ring, RxLayout, TxLayout, DESC_SIZE, F_INDIRECT,
@@ -124,18 +118,8 @@ macro_rules! trace {
     };
 }
 
-/// Whether the environment asks the fuzz target to steer clear of the known hang.
-fn avoid_avail_overrun_from_env() -> bool {
-    static AVOID: OnceLock<bool> = OnceLock::new();
-    *AVOID.get_or_init(|| {
-        std::env::var_os("DEVICE_CHAINS_AVOID_AVAIL_OVERRUN").is_some_and(|v| v != "0")
-    })
-}
-
 struct Harness {
     d: Driver,
-    /// Keep the device off rings with an avail index more than a ring ahead.
-    avoid_overrun: bool,
     /// Two slots nobody else uses: raw descriptors point here and the fuzzer may write
     /// anything into it.
     wild: u64,
@@ -152,12 +136,6 @@ struct Harness {
 
 /// Runs one input; panics on any broken property.
 pub fn run(data: &[u8]) {
-    run_with(data, avoid_avail_overrun_from_env());
-}
-
-/// Runs one input, optionally never calling the device on a ring whose avail index is
-/// more than a ring ahead (see the module docs).
-pub fn run_with(data: &[u8], avoid_overrun: bool) {
     let mut input = Input { data };
     let rx_size = input.pick(&[1u16, 2, 4, 16, 64, 256]);
     let tx_size = input.pick(&[1u16, 2, 4, 16, 64, 256]);
@@ -175,7 +153,6 @@ pub fn run_with(data: &[u8], avoid_overrun: bool) {
     });
     let mut h = Harness {
         d,
-        avoid_overrun,
         wild: 0,
         wild_rx: false,
         listeners: Vec::new(),
@@ -253,16 +230,8 @@ impl Harness {
         self.stats = s;
     }
 
-    /// Whether to keep the device off a ring whose avail index runs more than a ring
-    /// ahead (written by a lie, or by the device itself through a wild RX buffer).
-    fn skip(&self, ring: &Ring) -> bool {
-        self.avoid_overrun && ring.overrun()
-    }
-
     fn process_tx(&mut self) {
-        if !self.skip(&self.d.tx) {
-            self.d.device.process_tx(&self.d.tx.vring);
-        }
+        self.d.device.process_tx(&self.d.tx.vring);
         self.d.reclaim_tx();
     }
 
@@ -334,9 +303,7 @@ impl Harness {
         trace!("  TX {layout:?} {} bytes: {header:?}", bytes.len());
         // Sending may give the device a turn on a full ring. It fails quietly when the
         // device no longer returns chains (after a lying avail index).
-        if !self.skip(&self.d.tx) {
-            let _ = self.d.try_send_bytes(&bytes, layout);
-        }
+        let _ = self.d.try_send_bytes(&bytes, layout);
     }
 
     /// An address for a raw descriptor: mostly inside the wild area, else anywhere.
@@ -459,11 +426,6 @@ impl Harness {
             2 => input.u16(),
             _ => input.u16() % (ring.size + 1),
         };
-        let ahead = if self.avoid_overrun {
-            ahead % (ring.size + 1)
-        } else {
-            ahead
-        };
         trace!(
             "  {} avail index {ahead} ahead",
             if rx { "RX" } else { "TX" }
@@ -495,9 +457,7 @@ impl Harness {
 
     /// Runs the RX queue and checks every sane buffer the device handed back.
     fn process_rx(&mut self) {
-        if !self.skip(&self.d.rx) {
-            self.d.device.process_rx(&self.d.rx.vring);
-        }
+        self.d.device.process_rx(&self.d.rx.vring);
         let used = self.d.rx.reclaim();
         for (posted, len) in used {
             let capacity = posted.capacity();

@@ -200,13 +200,6 @@ impl Ring {
         self.avail_idx
     }
 
-    /// Whether the avail index in guest memory (whoever wrote it) claims more than a
-    /// ring's worth of chains beyond the device's position, which no honest driver does.
-    pub fn overrun(&self) -> bool {
-        let published = self.read_u16(self.avail + 2);
-        published.wrapping_sub(self.vring.queue_next_avail()) > self.size
-    }
-
     /// Free descriptor-table entries.
     pub fn free_descs(&self) -> usize {
         self.free.len()
