@@ -1,8 +1,9 @@
 //! One exec session: the command's streams to frames and back, signals, timeout, exit.
 
+use crate::buffers::Pool;
 use crate::spawn::{self, ChildIo};
 use crate::Ctx;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::WaitStatus;
@@ -236,12 +237,15 @@ fn start_pumps(io: ChildIo, out: &mpsc::Sender<Frame>) -> Pumps {
 
 /// Output to frames until EOF.
 async fn pump<R: AsyncRead + Unpin>(mut r: R, out: mpsc::Sender<Frame>, wrap: fn(Bytes) -> Frame) {
+    // As many buffers as can be queued to the writer, plus the one being written and
+    // the one being read into.
+    let pool = Pool::new(READ_CHUNK, crate::writer::QUEUE + 2);
     loop {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut buf = pool.take();
         match r.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {
-                if out.send(wrap(buf.freeze())).await.is_err() {
+                if out.send(wrap(pool.freeze(buf))).await.is_err() {
                     // The client is gone; keep draining so the command never blocks on a
                     // full pipe while it is being ended.
                     let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;

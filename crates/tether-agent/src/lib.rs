@@ -20,6 +20,7 @@
 //! ```
 
 mod auth;
+mod buffers;
 mod exec;
 mod files;
 mod forward;
