@@ -21,9 +21,12 @@
 
 mod auth;
 mod buffers;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod exec;
 mod files;
 mod forward;
+mod idle;
 pub mod init;
 mod policy;
 mod reaper;
@@ -80,6 +83,20 @@ pub enum AgentError {
     /// Setting up the agent failed.
     #[error("starting the agent: {0}")]
     Setup(#[from] std::io::Error),
+    /// Setting the guest up as its init failed.
+    #[error("setting up the guest as init: {0}")]
+    Init(std::io::Error),
+    /// The token file could not be used.
+    #[error("{0}")]
+    Token(std::io::Error),
+    /// The host waiting for the agent could not be told it is ready.
+    #[error("announcing readiness to {uri}: {detail}")]
+    Announce {
+        /// Where the announcement went.
+        uri: String,
+        /// What failed.
+        detail: String,
+    },
     /// A TCP listener without a token would let anyone on the network run commands.
     #[error("refusing to listen on {0} without a token: anyone who can reach it could run commands; give --token-file")]
     TcpWithoutToken(String),
@@ -93,6 +110,7 @@ pub(crate) struct Ctx {
     pub(crate) forward: forward::Forwarding,
     /// Where copied paths resolve (`AgentConfig::root`).
     pub(crate) files_root: tether_files::Root,
+    idle: Arc<idle::Idle>,
     allow_cids: Vec<u64>,
 }
 
@@ -130,6 +148,7 @@ impl Agent {
                 auth: Auth::new(config.token),
                 started: Instant::now(),
                 forward: forward::Forwarding::new(config.allow_connect, config.allow_listen),
+                idle: idle::Idle::start(),
                 allow_cids: config.allow_cids,
             }),
         })
@@ -157,7 +176,12 @@ impl Agent {
                 tracing::warn!(remote = %stream.remote(), "connection refused: CID not allowed (--allow-cid)");
                 continue;
             }
-            tokio::spawn(session::serve(stream, self.ctx.clone()));
+            let busy = self.ctx.idle.busy();
+            let ctx = self.ctx.clone();
+            tokio::spawn(async move {
+                session::serve(stream, ctx).await;
+                drop(busy);
+            });
         }
     }
 

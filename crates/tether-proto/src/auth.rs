@@ -14,6 +14,26 @@ pub const AUTH_WINDOW_SECS: u64 = 300;
 
 const LABEL: &[u8] = b"tether-auth-v1";
 
+/// The shared token kept in `path`, surrounding whitespace ignored. Tokens live in files,
+/// never on command lines where other users could read them; an empty file is refused
+/// (`InvalidData`), since it would mean no token at all.
+pub fn read_token_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let raw = std::fs::read(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("reading token file {}: {e}", path.display()),
+        )
+    })?;
+    let token = raw.trim_ascii().to_vec();
+    if token.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("token file {} is empty", path.display()),
+        ));
+    }
+    Ok(token)
+}
+
 /// The authentication part of a hello: time, nonce and MAC. All zero means "no token".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Proof {

@@ -14,7 +14,7 @@ mod codec;
 mod frame;
 mod messages;
 
-pub use auth::{Proof, AUTH_WINDOW_SECS};
+pub use auth::{read_token_file, Proof, AUTH_WINDOW_SECS};
 pub use codec::{decode_payload, encode, header, FrameCodec, ProtoError, HEADER_LEN, MAX_PAYLOAD};
 pub use frame::{Frame, Kind};
 pub use messages::{

@@ -3,7 +3,9 @@
 //! throughput, and the agent's idle memory and start-up time, against the goals of
 //! DESIGN.md.
 //!
-//! `cargo bench -p tether --bench exec`; `TETHER_BENCH_QUICK=1` for a short run.
+//! `cargo bench -p tether --bench exec`; `TETHER_BENCH_QUICK=1` for a short run. The agent
+//! measured is the standalone static `tether-agent` a guest would run (`TETHER_AGENT_BIN`,
+//! else built by scripts/build-agent); `tether agent`'s memory is printed beside it.
 //! Needs openssh-server and qemu-guest-agent; run as root, the bench installs them with
 //! apt-get when they are missing (otherwise it stops and names the command to run).
 //! Everything talks over Unix sockets and loopback TCP; nothing here opens AF_VSOCK.
@@ -33,14 +35,33 @@ const QGA_OUTPUT: u64 = 16 << 20;
 /// agent and the baselines look `true` up there, not in this machine's longer PATH.
 const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// `tether agent --listen unix://SOCK`, in the environment the tests give it and a
-/// guest's PATH.
-fn agent_command(sock: &Path) -> Command {
-    let mut cmd = Command::new(TETHER);
+/// The agent measured: the standalone static `tether-agent` a guest would run, from
+/// `TETHER_AGENT_BIN`, else built here by scripts/build-agent.
+fn agent_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("TETHER_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-agent");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running scripts/build-agent");
+    assert!(out.status.success(), "scripts/build-agent failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// `AGENT --listen unix://SOCK` (the standalone agent, or `tether agent` when `agent`
+/// is [`TETHER`]), in the environment the tests give it and a guest's PATH.
+fn agent_command(agent: &Path, sock: &Path) -> Command {
+    let mut cmd = Command::new(agent);
+    if agent == Path::new(TETHER) {
+        cmd.arg("agent");
+    }
     cmd.env("HOME", "/nonexistent")
         .env("PATH", GUEST_PATH)
         .env_remove("TETHER_CONFIG")
-        .args(["agent", "--listen", &format!("unix://{}", sock.display())])
+        .args(["--listen", &format!("unix://{}", sock.display())])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -48,9 +69,9 @@ fn agent_command(sock: &Path) -> Command {
 }
 
 /// Starts an agent and waits until its socket accepts a connection.
-fn start_agent(sock: &Path) -> Proc {
+fn start_agent(bin: &Path, sock: &Path) -> Proc {
     let _ = std::fs::remove_file(sock);
-    let mut agent = Proc::spawn(&mut agent_command(sock));
+    let mut agent = Proc::spawn(&mut agent_command(bin, sock));
     wait_until("tether agent", STEP, || {
         agent.check_alive("tether agent", None);
         UnixStream::connect(sock).is_ok()
@@ -60,9 +81,9 @@ fn start_agent(sock: &Path) -> Proc {
 
 /// Spawn to the first accepted connection, in ms: the agent is spawned, and its socket
 /// is tried every 50 µs until a connect succeeds.
-fn agent_start_time(sock: &Path) -> f64 {
+fn agent_start_time(bin: &Path, sock: &Path) -> f64 {
     let _ = std::fs::remove_file(sock);
-    let mut cmd = agent_command(sock);
+    let mut cmd = agent_command(bin, sock);
     let t = Instant::now();
     let mut agent = Proc::spawn_fast(&mut cmd);
     loop {
@@ -621,8 +642,15 @@ fn main() {
         .unwrap();
 
     // The agent, and its memory before it has served anything.
+    // The full CLI's `tether agent` for comparison, then the standalone agent measured.
+    let bin = agent_binary();
+    let cli_sock = dir.path("cli-agent.sock");
+    let cli_agent = start_agent(Path::new(TETHER), &cli_sock);
+    thread::sleep(Duration::from_millis(300));
+    let mem_cli = rss(cli_agent.pid());
+    drop(cli_agent);
     let sock = dir.path("agent.sock");
-    let agent = start_agent(&sock);
+    let agent = start_agent(&bin, &sock);
     thread::sleep(Duration::from_millis(300));
     let mem_start = rss(agent.pid());
     let endpoint: Endpoint = format!("unix://{}", sock.display()).parse().unwrap();
@@ -632,7 +660,7 @@ fn main() {
 
     println!(
         "tether exec vs ssh and qemu-guest-agent: this machine ({} cores), one run; \
-         `tether agent --listen unix://..` with a guest's PATH",
+         the standalone `tether-agent --listen unix://..` with a guest's PATH",
         thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
@@ -808,7 +836,10 @@ fn main() {
     drop(agent);
     let mut starts = Vec::new();
     for i in 0..n.starts {
-        starts.push(agent_start_time(&dir.path(&format!("start-{i}.sock"))));
+        starts.push(agent_start_time(
+            &bin,
+            &dir.path(&format!("start-{i}.sock")),
+        ));
     }
     let (start_min, start_max) = (
         starts.iter().copied().fold(f64::INFINITY, f64::min),
@@ -816,9 +847,15 @@ fn main() {
     );
     let start = median(starts);
     println!();
+    println!(
+        "agent: {} ({:.1} MB; scripts/build-agent: static, opt-level s, LTO)",
+        bin.display(),
+        std::fs::metadata(&bin).map_or(0.0, |m| m.len() as f64 / 1e6)
+    );
     for (when, m) in [
         ("after start", &mem_start),
         ("idle after the runs", &mem_after),
+        ("of `tether agent`", &mem_cli),
     ] {
         println!(
             "agent RSS {when:<20} {:>6.2} MiB (anonymous {:.2}, file-backed {:.2}: binary text \

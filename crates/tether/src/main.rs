@@ -86,7 +86,7 @@ enum Command {
         tether agent --listen tcp://0.0.0.0:7000 --token-file /etc/tether/token\n  \
         tether agent --allow-connect 'tcp://127.0.0.1:*' --allow-listen tcp://127.0.0.1:5432\n      \
         let clients forward to any loopback port and listen on 5432 (tether forward --via)")]
-    Agent(agent::Args),
+    Agent(tether_agent::cli::Args),
     /// Run a command in the guest: stdout and stderr streamed as they come, stdin with
     /// -i, a terminal with -t, signals passed on; exits with the command's status (128+N
     /// for a signal) or 255 when tether fails, like ssh.
