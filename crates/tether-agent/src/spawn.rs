@@ -1,4 +1,5 @@
-//! Starting a command: pipes or a terminal, its own session and process group, its user.
+//! Starting a command: pipes or a terminal, its own process group (and, with a terminal,
+//! its own session), its user.
 
 use crate::reaper::Reaper;
 use crate::user::{self, Identity};
@@ -17,7 +18,8 @@ use tokio::sync::oneshot;
 
 /// A started command.
 pub struct Child {
-    /// Its pid, which is also its process group and session id.
+    /// Its pid, which is also its process group id (and its session id when it has a
+    /// terminal).
     pub pid: u32,
     /// Resolves to its final status.
     pub status: oneshot::Receiver<WaitStatus>,
@@ -40,7 +42,9 @@ pub enum ChildIo {
     Pty(AsyncFd<OwnedFd>),
 }
 
-/// Pipes this large let a fast writer hand over a megabyte per wakeup.
+/// A read's worth per wakeup for a fast writer. Larger is slower: a pipe copies a whole
+/// `write` under its lock, so with 1 MiB pipes one 1 MiB write kept the agent spinning on
+/// that lock instead of reading.
 const PIPE_SIZE: i32 = 256 << 10;
 
 /// Starts `req` under `reaper`. Errors are for the client: they say what failed.
@@ -109,7 +113,8 @@ pub fn spawn(req: &ExecRequest, reaper: &Reaper) -> Result<Child, String> {
         }
     } else {
         // No closure: std takes its posix_spawn (vfork) path, which costs a fraction of
-        // a fork of the agent.
+        // a fork of the agent. A process group, not a session: signals still reach the
+        // whole group, and without a terminal there is no controlling one to leave.
         cmd.process_group(0);
         if let Some(dir) = &cwd {
             cmd.current_dir(dir);
