@@ -1,6 +1,5 @@
 //! One exec session: the command's streams to frames and back, signals, timeout, exit.
 
-use crate::buffers::Pool;
 use crate::spawn::{self, ChildIo};
 use crate::Ctx;
 use bytes::Bytes;
@@ -12,6 +11,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 use tether_proto::{ErrorCode, ErrorMsg, ExecRequest, ExitStatus, Frame, ProtoError};
+use tether_transport::pool::Pool;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;

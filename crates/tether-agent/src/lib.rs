@@ -20,7 +20,6 @@
 //! ```
 
 mod auth;
-mod buffers;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod exec;

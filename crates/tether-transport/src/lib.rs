@@ -18,6 +18,7 @@ pub mod hybrid;
 pub mod hyperkit;
 mod listener;
 pub mod mux;
+pub mod pool;
 pub mod relay;
 mod stream;
 mod transport;

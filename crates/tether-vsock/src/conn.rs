@@ -80,8 +80,11 @@ pub(crate) struct Conn {
     pub released: bool,
     /// A send was cut short; tell the application when room appears.
     pub write_blocked: bool,
-    /// We asked for credit and have not seen the peer's `fwd_cnt` move since.
+    /// We asked for credit (or will, at `credit_request_at`) and have not seen the
+    /// peer's `fwd_cnt` move since.
     pub credit_requested: bool,
+    /// When a starved sender sends its CREDIT_REQUEST, unless credit comes first.
+    pub credit_request_at: Option<Instant>,
     pub in_ctrl_queue: bool,
     pub in_data_queue: bool,
 }
@@ -110,6 +113,7 @@ impl Conn {
             released: false,
             write_blocked: false,
             credit_requested: false,
+            credit_request_at: None,
             in_ctrl_queue: false,
             in_data_queue: false,
         }

@@ -32,6 +32,11 @@ pub struct Config {
     pub close_timeout: Duration,
     /// Bound on queued RSTs for packets of unknown connections; more are dropped.
     pub max_orphan_rsts: usize,
+    /// How long a sender starved of credit waits for the peer's own CREDIT_UPDATE before
+    /// asking with a CREDIT_REQUEST. Receivers (Linux's and this engine) announce credit
+    /// by themselves as they read, so an immediate request would only draw a second
+    /// update: a request/update pair per few packets of a bulk transfer.
+    pub credit_request_delay: Duration,
 }
 
 impl Config {
@@ -48,6 +53,7 @@ impl Config {
             connect_timeout: Duration::from_secs(2),
             close_timeout: Duration::from_secs(8),
             max_orphan_rsts: 1024,
+            credit_request_delay: Duration::from_millis(100),
         }
     }
 
@@ -264,6 +270,10 @@ pub struct Engine {
     data_queue: VecDeque<ConnId>,
     orphan_rsts: VecDeque<Header>,
     timers: BTreeSet<(Instant, ConnId)>,
+    /// When starved senders ask for credit (see [`Config::credit_request_delay`]).
+    credit_timers: BTreeSet<(Instant, ConnId)>,
+    /// The latest time the caller passed in.
+    now: Option<Instant>,
     events: VecDeque<Event>,
     stats: Stats,
 }
@@ -283,6 +293,8 @@ impl Engine {
             data_queue: VecDeque::new(),
             orphan_rsts: VecDeque::new(),
             timers: BTreeSet::new(),
+            credit_timers: BTreeSet::new(),
+            now: None,
             events: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -353,6 +365,7 @@ impl Engine {
         peer_port: u32,
         kind: SocketType,
     ) -> Result<ConnId, SetupError> {
+        self.tick(now);
         if self.by_ports.contains_key(&(local_port, peer_port)) {
             return Err(SetupError::PortInUse(local_port));
         }
@@ -525,6 +538,7 @@ impl Engine {
     /// both ways and waits up to the close timeout for the peer's RST before sending its
     /// own. An incoming one not yet accepted is refused with RST.
     pub fn close(&mut self, now: Instant, id: ConnId) {
+        self.tick(now);
         let close_timeout = self.config.close_timeout;
         let Some(conn) = self.conn_mut(id) else {
             return;
@@ -573,11 +587,18 @@ impl Engine {
 
     /// The earliest time [`Engine::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|(t, _)| *t)
+        let first = |set: &BTreeSet<(Instant, ConnId)>| set.first().map(|(t, _)| *t);
+        match (first(&self.timers), first(&self.credit_timers)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Runs every timer due at `now`: connects give up, closes send their RST.
+    /// Runs every timer due at `now`: connects give up, closes send their RST, senders
+    /// still starved of credit ask for it.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.tick(now);
+        self.ask_for_credit(now);
         while let Some(&(when, id)) = self.timers.first() {
             if when > now {
                 break;
@@ -595,6 +616,32 @@ impl Engine {
         }
     }
 
+    /// Sends the CREDIT_REQUESTs due at `now` for connections still starved.
+    fn ask_for_credit(&mut self, now: Instant) {
+        let (max_payload, min_packet) = (self.config.max_payload, self.config.min_packet());
+        while let Some(&(when, id)) = self.credit_timers.first() {
+            if when > now {
+                break;
+            }
+            self.credit_timers.pop_first();
+            let Some(conn) = self.conn_mut(id) else {
+                continue;
+            };
+            if conn.credit_request_at != Some(when) {
+                continue;
+            }
+            conn.credit_request_at = None;
+            if conn.sendable(max_payload, min_packet).is_none() && !conn.send.is_empty() {
+                self.owe(id, owed::CREDIT_REQUEST);
+            }
+        }
+    }
+
+    /// Remembers the caller's latest time: the base for timers armed while transmitting.
+    fn tick(&mut self, now: Instant) {
+        self.now = Some(self.now.map_or(now, |t| t.max(now)));
+    }
+
     /// Feeds one received packet. Errors mean the packet was dropped as not belonging to
     /// this engine; protocol mistakes inside a connection reset that connection instead.
     pub fn handle_packet(
@@ -603,6 +650,7 @@ impl Engine {
         hdr: &Header,
         payload: Bytes,
     ) -> Result<(), PacketError> {
+        self.tick(now);
         self.check_packet(hdr, &payload)?;
         let live = self.lookup(hdr.dst_port, hdr.src_port);
         let (Some(op), Some(kind)) = (hdr.op(), hdr.socket_type()) else {
@@ -635,6 +683,9 @@ impl Engine {
             // does not start a CREDIT_REQUEST / CREDIT_UPDATE ping-pong.
             if conn.tx != before {
                 conn.credit_requested = false;
+                if let Some(at) = conn.credit_request_at.take() {
+                    self.credit_timers.remove(&(at, id));
+                }
             }
         }
         match op {
@@ -839,8 +890,14 @@ impl Engine {
                 conn.recv.push_fragment(&payload, flags);
             }
         }
+        let seqpacket = conn.kind == SocketType::SeqPacket;
         if !was_readable && conn.recv.readable() {
             self.events.push_back(Event::Readable(id));
+        }
+        if seqpacket {
+            // A fragment the reader cannot take until the rest comes: the room freed by
+            // earlier reads may be what the sender waits for (see maybe_credit_update).
+            self.maybe_credit_update(id);
         }
     }
 
@@ -889,7 +946,7 @@ impl Engine {
         let Some(n) = conn.sendable(limit, min_packet) else {
             if !conn.send.is_empty() && conn.is_open() && !conn.credit_requested {
                 conn.credit_requested = true;
-                conn.owed |= owed::CREDIT_REQUEST;
+                self.arm_credit_request(id);
             }
             return None;
         };
@@ -1093,6 +1150,22 @@ impl Engine {
         }
         if let Some(t) = when {
             self.timers.insert((t, id));
+        }
+    }
+
+    /// A CREDIT_REQUEST for `id` after the delay, unless the peer's credit moves first;
+    /// at once when the engine has not been given a time yet.
+    fn arm_credit_request(&mut self, id: ConnId) {
+        let Some(now) = self.now else {
+            if let Some(conn) = self.conn_mut(id) {
+                conn.owed |= owed::CREDIT_REQUEST;
+            }
+            return;
+        };
+        let at = now + self.config.credit_request_delay;
+        if let Some(conn) = self.conn_mut(id) {
+            conn.credit_request_at = Some(at);
+            self.credit_timers.insert((at, id));
         }
     }
 

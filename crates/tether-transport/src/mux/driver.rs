@@ -13,6 +13,7 @@ use bytes::Bytes;
 use std::future::poll_fn;
 use std::io::IoSlice;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -62,15 +63,47 @@ impl Shared {
     /// Writes everything owed to the link from the calling task until done or the link
     /// pushes back. Must be called without the state lock held (lock order: output, then
     /// state).
+    ///
+    /// Only one task writes at a time. One that finds another writing leaves its packets
+    /// to it: it raises `flush_wanted` before trying the lock, and the writer looks at
+    /// the flag after letting go of the lock and goes round again if it is up. Without
+    /// that, packets queued just after the writer's last look at the engine would wait
+    /// for the next write of anyone, which may never come.
     pub fn flush_link(self: &Arc<Self>, cx: &mut Context<'_>, writer_task: bool) -> Flush {
-        let Ok(mut guard) = self.output.try_lock() else {
-            // The holder writes our packets too, or hands over to the writer task if the
-            // link pushes back; the writer task itself just waits for that.
-            if !writer_task {
-                self.writer.notify_one();
+        loop {
+            self.flush_wanted.store(true, Ordering::SeqCst);
+            let Ok(mut guard) = self.output.try_lock() else {
+                return Flush::Busy;
+            };
+            self.flush_wanted.store(false, Ordering::SeqCst);
+            let flushed = self.flush_locked(&mut guard, cx, writer_task);
+            drop(guard);
+            let again = matches!(flushed, Flush::Idle(_) | Flush::Busy)
+                && self.flush_wanted.load(Ordering::SeqCst);
+            if !again {
+                if let (Flush::Idle(Some(deadline)), false) = (&flushed, writer_task) {
+                    self.tell_writer_about(*deadline);
+                }
+                return flushed;
             }
-            return Flush::Busy;
-        };
+        }
+    }
+
+    /// Wakes the writer task when a timer is due before it next wakes by itself.
+    fn tell_writer_about(&self, deadline: Instant) {
+        let sleeping_until = *self.writer_wakes.lock().unwrap_or_else(|e| e.into_inner());
+        if sleeping_until.is_none_or(|t| deadline < t) {
+            self.writer.notify_one();
+        }
+    }
+
+    /// The body of [`Shared::flush_link`], with the link's write half held.
+    fn flush_locked(
+        self: &Arc<Self>,
+        guard: &mut Option<Output>,
+        cx: &mut Context<'_>,
+        writer_task: bool,
+    ) -> Flush {
         let Some(out) = guard.as_mut() else {
             return Flush::Closed;
         };
@@ -91,7 +124,7 @@ impl Shared {
                 }
                 Poll::Ready(Ok(n)) => out.offset += n,
                 Poll::Ready(Err(e)) => {
-                    return self.link_failed(&format!("writing the link failed: {e}"))
+                    return self.link_failed(&format!("writing the link failed: {e}"));
                 }
                 Poll::Pending => {
                     if !writer_task {
@@ -122,9 +155,13 @@ impl Shared {
         }
         out.batch.clear();
         out.offset = 0;
-        // Whatever else is owed goes first; it stays in the batch for the normal flush.
+        // Whatever else is owed goes first, written now: the engine no longer holds it,
+        // so the caller's flush after queueing would find nothing to send and leave the
+        // batch waiting for someone else's write.
         fill(self, &mut out.batch).ok()?;
         if !out.batch.is_empty() {
+            drop(guard);
+            self.flush_link(cx, false);
             return None;
         }
         let (hdr, n) = {
@@ -148,12 +185,16 @@ impl Shared {
                 )));
             }
         };
-        if written < head.len() + n {
+        let partial = written < head.len() + n;
+        if partial {
             // The packet is committed: the rest goes out before anything else.
             out.batch
                 .push_packet(head, Bytes::copy_from_slice(&data[..n]));
             out.offset = written;
-            drop(guard);
+        }
+        drop(guard);
+        // Packets left to us by a task that found the link busy go now (see flush_link).
+        if partial || self.flush_wanted.load(Ordering::SeqCst) {
             self.flush_link(cx, false);
         }
         Some(Ok(n))
@@ -245,6 +286,10 @@ pub(crate) async fn write_loop(shared: Arc<Shared>) {
             Flush::Idle(deadline) => deadline,
             Flush::Blocked => unreachable!("blocked flushes stay pending"),
         };
+        *shared
+            .writer_wakes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = deadline;
         let sleep = async {
             match deadline {
                 Some(t) => tokio::time::sleep_until(t.into()).await,

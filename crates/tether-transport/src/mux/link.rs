@@ -4,6 +4,7 @@
 //! skipping whatever a serial line held before the peer started; once synced it expects
 //! packets (a virtio-vsock header and its payload) or a fresh hello from a restarted peer.
 
+use crate::pool::Pool;
 use bytes::buf::Limit;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tether_vsock::{Header, HeaderError, HEADER_LEN};
@@ -22,9 +23,12 @@ pub const HELLO_LEN: usize = 36;
 /// Hello flag: the sender has seen the receiver's hello (no reply needed).
 const FLAG_ACK: u16 = 1;
 
-/// Payloads at least this large that have not fully arrived are read from the link
-/// straight into a buffer of their own, saving a copy through the shared read buffer.
+/// Payloads at least this large are read from the link straight into a buffer of their
+/// own, saving a copy through the shared read buffer.
 const DIRECT_PAYLOAD: usize = 16 * 1024;
+
+/// Idle payload buffers a decoder keeps for reuse.
+const SPARE_PAYLOADS: usize = 8;
 
 /// Largest payload a peer may announce it accepts; larger values are clamped.
 pub const MAX_PAYLOAD_LIMIT: u32 = 1 << 20;
@@ -99,12 +103,36 @@ pub enum LinkError {
     BadHello,
 }
 
+/// Where the decoder reads link bytes straight into a buffer of their own.
+#[derive(Debug)]
+enum Direct {
+    /// After a large packet, with nothing else buffered: the next read goes into a
+    /// payload buffer on the bet that it holds another large packet, header first.
+    Bet(Vec<u8>),
+    /// A large packet whose payload is arriving; it starts `start` bytes into `buf`
+    /// (past the header when the header came in on a bet).
+    Payload {
+        hdr: Header,
+        buf: Vec<u8>,
+        start: usize,
+    },
+}
+
 /// Incremental decoder of the mux byte stream.
+///
+/// Small packets are decoded out of one shared read buffer and copied out of it (a
+/// small payload split off would pin the whole buffer for as long as a slow reader
+/// keeps it, breaking the per-connection memory bound). Large payloads are read into
+/// pooled buffers of their own instead, and in a stream of large packets each read
+/// goes straight into such a buffer, header and all, so bulk data is never copied here.
 #[derive(Debug)]
 pub struct Decoder {
     buf: BytesMut,
-    /// A large packet whose payload is being read directly into its own buffer.
-    partial: Option<(Header, BytesMut)>,
+    direct: Option<Direct>,
+    /// The last packet was large: bet that the next one is too.
+    expect_large: bool,
+    /// Buffers of a header plus `max_payload` bytes, for payloads of at least half that.
+    payloads: Pool,
     synced: bool,
     max_payload: u32,
     skipped: u64,
@@ -116,7 +144,9 @@ impl Decoder {
     pub fn new(max_payload: u32) -> Self {
         Decoder {
             buf: BytesMut::with_capacity(256 * 1024),
-            partial: None,
+            direct: None,
+            expect_large: false,
+            payloads: Pool::new(HEADER_LEN + max_payload as usize, SPARE_PAYLOADS),
             synced: false,
             max_payload,
             skipped: 0,
@@ -128,12 +158,24 @@ impl Decoder {
         &mut self.buf
     }
 
-    /// While a large payload is arriving, the place to read the rest of it into,
-    /// limited to exactly what is missing; `None` means read into [`Decoder::buffer`].
-    pub fn direct_payload(&mut self) -> Option<Limit<&mut BytesMut>> {
-        let (hdr, payload) = self.partial.as_mut()?;
-        let missing = hdr.len as usize - payload.len();
-        Some(payload.limit(missing))
+    /// Where to read the next link bytes when not into [`Decoder::buffer`]: the rest of
+    /// a large payload, limited to exactly what is missing, or (after a large packet,
+    /// with nothing else buffered) a buffer for the whole next packet. Call
+    /// [`Decoder::next_frame`] after each read. `None` means read into the buffer.
+    pub fn direct_payload(&mut self) -> Option<Limit<&mut Vec<u8>>> {
+        if self.direct.is_none() && self.expect_large && self.synced && self.buf.is_empty() {
+            self.direct = Some(Direct::Bet(self.payloads.take()));
+        }
+        match self.direct.as_mut()? {
+            Direct::Bet(buf) => {
+                let room = buf.capacity() - buf.len();
+                Some(buf.limit(room))
+            }
+            Direct::Payload { hdr, buf, start } => {
+                let missing = *start + hdr.len as usize - buf.len();
+                Some(buf.limit(missing))
+            }
+        }
     }
 
     /// Appends bytes read from the link.
@@ -150,15 +192,24 @@ impl Decoder {
     /// a torn-down link session.
     pub fn resync(&mut self) {
         self.synced = false;
-        self.partial = None;
+        self.expect_large = false;
+        if let Some(Direct::Bet(bytes)) = self.direct.take() {
+            // Not yet decoded: scanned like any other bytes.
+            self.buf.extend_from_slice(&bytes);
+        }
     }
 
     /// The next complete frame, `Ok(None)` when more bytes are needed.
     ///
     /// An error leaves the decoder scanning for a hello, skipping the bad bytes.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, LinkError> {
-        if self.partial.is_some() {
-            return Ok(self.finish_partial());
+        match self.direct.take() {
+            Some(Direct::Bet(bet)) => return self.settle_bet(bet),
+            Some(payload) => {
+                self.direct = Some(payload);
+                return Ok(self.finish_payload());
+            }
+            None => {}
         }
         if !self.synced {
             return Ok(self.scan_hello().map(Frame::Hello));
@@ -167,6 +218,31 @@ impl Decoder {
             return self.synced_hello();
         }
         self.packet()
+    }
+
+    /// Decides a bet once bytes came: a large packet's payload stays where it landed;
+    /// anything else moves to the shared buffer and is decoded from there.
+    fn settle_bet(&mut self, bet: Vec<u8>) -> Result<Option<Frame>, LinkError> {
+        if bet.is_empty() {
+            self.direct = Some(Direct::Bet(bet));
+            return Ok(None);
+        }
+        let large = (bet.len() >= HEADER_LEN && bet[..MAGIC.len()] != MAGIC)
+            .then(|| Header::decode(&bet).ok())
+            .flatten()
+            .filter(|h| h.len as usize >= DIRECT_PAYLOAD && h.len <= self.max_payload);
+        let Some(hdr) = large else {
+            self.expect_large = false;
+            self.buf.extend_from_slice(&bet);
+            self.payloads.put(bet);
+            return self.next_frame();
+        };
+        self.direct = Some(Direct::Payload {
+            hdr,
+            buf: bet,
+            start: HEADER_LEN,
+        });
+        Ok(self.finish_payload())
     }
 
     fn synced_hello(&mut self) -> Result<Option<Frame>, LinkError> {
@@ -200,36 +276,63 @@ impl Decoder {
             .into());
         }
         let len = hdr.len as usize;
-        let total = HEADER_LEN + len;
-        if self.buf.len() < total {
-            if len < DIRECT_PAYLOAD {
-                self.buf.reserve(total - self.buf.len());
-                return Ok(None);
-            }
+        self.expect_large = len >= DIRECT_PAYLOAD;
+        if self.expect_large {
             self.buf.advance(HEADER_LEN);
-            self.partial = Some((hdr, BytesMut::with_capacity(len)));
-            return Ok(self.finish_partial());
+            let buf = self.payload_buffer(len);
+            self.direct = Some(Direct::Payload { hdr, buf, start: 0 });
+            return Ok(self.finish_payload());
+        }
+        if self.buf.len() < HEADER_LEN + len {
+            self.buf.reserve(HEADER_LEN + len - self.buf.len());
+            return Ok(None);
         }
         self.buf.advance(HEADER_LEN);
-        // Copy rather than split: a small payload split off would pin the whole read
-        // buffer for as long as a slow reader keeps it, breaking the per-connection bound.
-        let payload = Bytes::copy_from_slice(&self.buf[..hdr.len as usize]);
-        self.buf.advance(hdr.len as usize);
+        let payload = Bytes::copy_from_slice(&self.buf[..len]);
+        self.buf.advance(len);
         Ok(Some(Frame::Packet(hdr, payload)))
     }
 
-    /// Moves buffered bytes into the partial payload; the packet once it is whole.
-    fn finish_partial(&mut self) -> Option<Frame> {
-        let (hdr, payload) = self.partial.as_mut().expect("called with a partial packet");
-        let missing = hdr.len as usize - payload.len();
-        let n = missing.min(self.buf.len());
-        payload.extend_from_slice(&self.buf[..n]);
+    /// An empty buffer for a payload of `len` bytes: a pooled one when `len` is at least
+    /// half the pool's size (so a pooled buffer never holds more than twice its payload).
+    fn payload_buffer(&self, len: usize) -> Vec<u8> {
+        if len * 2 >= self.payloads.size() {
+            self.payloads.take()
+        } else {
+            Vec::with_capacity(len)
+        }
+    }
+
+    /// Moves buffered bytes into the arriving payload, hands bytes read past its end
+    /// back to the shared buffer, and returns the packet once it is whole.
+    fn finish_payload(&mut self) -> Option<Frame> {
+        let Some(Direct::Payload { hdr, buf, start }) = self.direct.as_mut() else {
+            unreachable!("called with a payload arriving");
+        };
+        let end = *start + hdr.len as usize;
+        if buf.len() > end {
+            // A bet read past the packet: the rest is the next frame's.
+            let mut rest = self.buf.split();
+            self.buf.extend_from_slice(&buf[end..]);
+            self.buf.unsplit(std::mem::take(&mut rest));
+            buf.truncate(end);
+        }
+        let n = (end - buf.len()).min(self.buf.len());
+        buf.extend_from_slice(&self.buf[..n]);
         self.buf.advance(n);
-        if payload.len() < hdr.len as usize {
+        if buf.len() < end {
             return None;
         }
-        let (hdr, payload) = self.partial.take().expect("checked above");
-        Some(Frame::Packet(hdr, payload.freeze()))
+        let Some(Direct::Payload { hdr, buf, start }) = self.direct.take() else {
+            unreachable!("matched above");
+        };
+        let mut payload = if buf.capacity() == self.payloads.size() {
+            self.payloads.freeze(buf)
+        } else {
+            Bytes::from(buf)
+        };
+        payload.advance(start);
+        Some(Frame::Packet(hdr, payload))
     }
 
     /// Skips to the next valid hello; keeps a possible partial one buffered.
@@ -356,7 +459,127 @@ mod tests {
             wire.is_empty(),
             "the direct buffer took exactly the payload"
         );
-        assert!(d.direct_payload().is_none());
+        // After a large packet, with nothing else buffered, the decoder bets on another.
+        assert!(d.direct_payload().is_some());
+    }
+
+    /// Reads `wire` as the driver does, at most `step` bytes per read, into whatever the
+    /// decoder offers; returns the frames and how many reads went to the shared buffer.
+    fn drive(d: &mut Decoder, mut wire: &[u8], step: usize) -> (Vec<Frame>, usize) {
+        let (mut frames, mut shared_reads) = (Vec::new(), 0);
+        while !wire.is_empty() {
+            let n = match d.direct_payload() {
+                Some(mut target) => {
+                    let n = target.remaining_mut().min(step).min(wire.len());
+                    target.put_slice(&wire[..n]);
+                    n
+                }
+                None => {
+                    shared_reads += 1;
+                    let n = step.min(wire.len());
+                    d.extend(&wire[..n]);
+                    n
+                }
+            };
+            wire = &wire[n..];
+            while let Some(f) = d.next_frame().unwrap() {
+                frames.push(f);
+            }
+        }
+        (frames, shared_reads)
+    }
+
+    #[test]
+    fn a_run_of_large_packets_is_read_straight_into_payload_buffers() {
+        let mut d = Decoder::new(65536);
+        let mut wire = hello(false).encode().to_vec();
+        for _ in 0..10 {
+            wire.extend(packet(65536));
+        }
+        // Reads as large as a whole packet, as the driver's are.
+        let (frames, shared_reads) = drive(&mut d, &wire, HEADER_LEN + 65536);
+        assert_eq!(frames.len(), 11);
+        for f in &frames[1..] {
+            let Frame::Packet(hdr, payload) = f else {
+                panic!("expected a packet, got {f:?}");
+            };
+            assert_eq!((hdr.len, payload.len()), (65536, 65536));
+            assert!(payload.iter().enumerate().all(|(i, &b)| b == i as u8));
+        }
+        // The hello and the first packet's header come through the shared buffer; every
+        // later packet lands in its own buffer, header and all.
+        assert_eq!(
+            shared_reads, 1,
+            "only the first read went to the shared buffer"
+        );
+    }
+
+    #[test]
+    fn lost_bets_hand_their_bytes_to_the_shared_buffer_in_order() {
+        // Large packets followed by small ones, a hello, packets shorter than a bet's
+        // buffer (so a bet reads past them) and an empty one, in every read size.
+        let mut wire = hello(false).encode().to_vec();
+        let mut want = vec![Frame::Hello(hello(false))];
+        let lens = [65536, 100, 40_000, 20_000, 0, 65536, 17_000, 5, 65536];
+        for (i, len) in lens.into_iter().enumerate() {
+            if i == 6 {
+                wire.extend(hello(true).encode());
+                want.push(Frame::Hello(hello(true)));
+            }
+            let p = packet(len);
+            let hdr = Header::decode(&p).unwrap();
+            want.push(Frame::Packet(hdr, Bytes::copy_from_slice(&p[HEADER_LEN..])));
+            wire.extend(p);
+        }
+        for step in [1, 7, 44, 45, 4096, 16_383, 65_580, 65_581, 200_000] {
+            let mut d = Decoder::new(65536);
+            let (frames, _) = drive(&mut d, &wire, step);
+            assert_eq!(frames, want, "read size {step}");
+        }
+    }
+
+    #[test]
+    fn a_bet_holding_a_bad_header_is_an_error_and_resyncs() {
+        let mut d = Decoder::new(65536);
+        let mut wire = hello(false).encode().to_vec();
+        wire.extend(packet(65536));
+        let mut bad = packet(0);
+        bad[24..28].copy_from_slice(&70_000u32.to_le_bytes()); // len beyond the limit
+        wire.extend(&bad);
+        wire.extend(hello(true).encode());
+        let mut frames = Vec::new();
+        let mut errors = Vec::new();
+        let mut rest = &wire[..];
+        while !rest.is_empty() {
+            let n = match d.direct_payload() {
+                Some(mut t) => {
+                    let n = t.remaining_mut().min(rest.len());
+                    t.put_slice(&rest[..n]);
+                    n
+                }
+                None => {
+                    d.extend(rest);
+                    rest.len()
+                }
+            };
+            rest = &rest[n..];
+            loop {
+                match d.next_frame() {
+                    Ok(Some(f)) => frames.push(f),
+                    Ok(None) => break,
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        assert_eq!(
+            errors,
+            [LinkError::Header(HeaderError::PayloadTooLarge {
+                declared: 70_000,
+                max: 65536
+            })]
+        );
+        assert_eq!(frames.len(), 3, "hello, the packet, and the next hello");
+        assert_eq!(frames[2], Frame::Hello(hello(true)));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use super::link::{Hello, VERSION};
 use super::{LinkStatus, MuxConfig, MuxError, MuxStream};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Instant;
@@ -89,6 +90,11 @@ pub(crate) struct Shared {
     pub output: Mutex<Option<Output>>,
     /// Wakes the writer task: packets or a hello may be due.
     pub writer: Notify,
+    /// A task found the link's write half busy and left its packets to the task holding
+    /// it (see `Shared::flush_link`).
+    pub flush_wanted: AtomicBool,
+    /// When the writer task next wakes by itself, if it sleeps on a timer.
+    pub writer_wakes: Mutex<Option<Instant>>,
     pub status: watch::Sender<LinkStatus>,
     pub reader_abort: Mutex<Option<tokio::task::AbortHandle>>,
 }
@@ -124,6 +130,8 @@ impl Shared {
             state: Mutex::new(state),
             output: Mutex::new(None),
             writer: Notify::new(),
+            flush_wanted: AtomicBool::new(false),
+            writer_wakes: Mutex::new(None),
             status: watch::Sender::new(LinkStatus::Handshaking),
             reader_abort: Mutex::new(None),
         })

@@ -1,20 +1,30 @@
-//! Read buffers that come back when the frame made of them has been written.
+//! Read buffers that come back once the bytes read into them have been used.
 //!
-//! A command that writes a gigabyte would otherwise cost a fresh 256 KiB allocation per
-//! frame; glibc hands such sizes out as new mappings or trims them off the heap's top,
-//! so every frame paid page faults and an unmap. Here a pump's buffers circulate: the
-//! frame's [`Bytes`] owns its buffer, and dropping it (once the writer has sent it)
-//! returns the buffer to the pump's pool.
+//! A stream of large reads (a command's gigabyte of output in the agent, 64 KiB payloads
+//! arriving on a mux link) would otherwise cost a fresh allocation per read; glibc hands
+//! such sizes out as new mappings or trims them off the heap's top, so every read paid
+//! page faults and an unmap. Here buffers circulate: the [`Bytes`] made of a buffer owns
+//! it, and dropping the last clone (once the data was written or read) returns the buffer
+//! to its pool.
 
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 
-/// A pump's spare buffers, all of one size.
+/// Spare buffers, all of one size, shared by clones of the pool.
 #[derive(Clone)]
 pub struct Pool {
     spare: Arc<Mutex<Vec<Vec<u8>>>>,
     size: usize,
     keep: usize,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("size", &self.size)
+            .field("keep", &self.keep)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pool {
@@ -29,7 +39,7 @@ impl Pool {
 
     /// An empty buffer with room for the pool's size: a returned one if any, else a
     /// fresh one. Read into its spare capacity (`read_buf`): nothing is zeroed, and a
-    /// short command's output touches only the pages it fills.
+    /// short read touches only the pages it fills.
     pub fn take(&self) -> Vec<u8> {
         let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop();
         spare.unwrap_or_else(|| Vec::with_capacity(self.size))
@@ -44,12 +54,22 @@ impl Pool {
         })
     }
 
+    /// Returns a buffer that was taken and not frozen.
+    pub fn put(&self, buf: Vec<u8>) {
+        self.give_back(buf);
+    }
+
     fn give_back(&self, mut buf: Vec<u8>) {
         let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
         if spare.len() < self.keep && buf.capacity() == self.size {
             buf.clear();
             spare.push(buf);
         }
+    }
+
+    /// The size of the pool's buffers.
+    pub fn size(&self) -> usize {
+        self.size
     }
 
     /// Idle buffers held now.
@@ -59,7 +79,7 @@ impl Pool {
     }
 }
 
-/// A buffer lent out as the contents of a frame.
+/// A buffer lent out as the contents of a `Bytes`.
 struct Lent {
     buf: Vec<u8>,
     home: Pool,
@@ -82,7 +102,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_dropped_frame_returns_its_buffer_and_the_next_take_reuses_it() {
+    fn dropped_bytes_return_its_buffer_and_the_next_take_reuses_it() {
         let pool = Pool::new(64, 2);
         let mut buf = pool.take();
         assert_eq!((buf.len(), buf.capacity()), (0, 64));
