@@ -149,27 +149,53 @@ impl Shared {
         data: &[u8],
     ) -> Option<std::io::Result<usize>> {
         let mut guard = self.output.try_lock().ok()?;
-        let out = guard.as_mut()?;
+        let (written, left_batch) = self.write_direct_locked(&mut guard, cx, session, id, data);
+        drop(guard);
+        // A batch left half written, and packets left to us by a task that found the
+        // link busy meanwhile (see flush_link), go now, whatever became of ours.
+        if left_batch || self.flush_wanted.load(Ordering::SeqCst) {
+            self.flush_link(cx, false);
+        }
+        written
+    }
+
+    /// The body of [`Shared::write_direct`], with the link's write half held; also says
+    /// whether it left a batch to write.
+    fn write_direct_locked(
+        self: &Arc<Self>,
+        guard: &mut Option<Output>,
+        cx: &mut Context<'_>,
+        session: u64,
+        id: tether_vsock::ConnId,
+        data: &[u8],
+    ) -> (Option<std::io::Result<usize>>, bool) {
+        let Some(out) = guard.as_mut() else {
+            return (None, false);
+        };
         if out.offset != out.batch.bytes {
-            return None;
+            // The link pushed back on an earlier batch; its writer finishes it.
+            return (None, false);
         }
         out.batch.clear();
         out.offset = 0;
-        // Whatever else is owed goes first, written now: the engine no longer holds it,
-        // so the caller's flush after queueing would find nothing to send and leave the
-        // batch waiting for someone else's write.
-        fill(self, &mut out.batch).ok()?;
-        if !out.batch.is_empty() {
-            drop(guard);
-            self.flush_link(cx, false);
-            return None;
+        // Whatever else is owed goes first, written by the caller's flush: the engine no
+        // longer holds it, so a flush after queueing would not find it.
+        if fill(self, &mut out.batch).is_err() {
+            return (None, false);
         }
-        let (hdr, n) = {
+        if !out.batch.is_empty() {
+            return (None, true);
+        }
+        let sent = {
             let mut st = self.lock();
-            if st.session != session {
-                return None;
+            let current = st.session == session;
+            match st.engine.as_mut() {
+                Some(engine) if current => engine.send_now(id, data.len()),
+                _ => Ok(None),
             }
-            st.engine.as_mut()?.send_now(id, data.len()).ok()??
+        };
+        let Ok(Some((hdr, n))) = sent else {
+            return (None, false);
         };
         let head = hdr.encode();
         let slices = [IoSlice::new(&head), IoSlice::new(&data[..n])];
@@ -177,12 +203,9 @@ impl Shared {
             Poll::Ready(Ok(w)) => w,
             Poll::Pending => 0,
             Poll::Ready(Err(e)) => {
-                drop(guard);
                 self.link_failed(&format!("writing the link failed: {e}"));
-                return Some(Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    e,
-                )));
+                let err = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e);
+                return (Some(Err(err)), false);
             }
         };
         let partial = written < head.len() + n;
@@ -192,12 +215,7 @@ impl Shared {
                 .push_packet(head, Bytes::copy_from_slice(&data[..n]));
             out.offset = written;
         }
-        drop(guard);
-        // Packets left to us by a task that found the link busy go now (see flush_link).
-        if partial || self.flush_wanted.load(Ordering::SeqCst) {
-            self.flush_link(cx, false);
-        }
-        Some(Ok(n))
+        (Some(Ok(n)), partial)
     }
 
     /// Leaves writing to the writer task: for callers with no task context, or holding
