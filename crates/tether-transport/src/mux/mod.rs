@@ -62,6 +62,9 @@ pub struct MuxConfig {
     pub connect_timeout: Duration,
     /// How long a closed connection waits for the peer's final RST.
     pub close_timeout: Duration,
+    /// How long a writer starved of credit waits for the peer's own credit update before
+    /// asking for one (a tether peer always sends one as its reader frees room).
+    pub credit_request_delay: Duration,
     /// First pause between hellos while the peer is silent (doubles up to 2 s).
     pub hello_interval: Duration,
     /// Connections per listener answered before the application accepts them; further
@@ -81,6 +84,7 @@ impl MuxConfig {
             max_connections: 4096,
             connect_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(8),
+            credit_request_delay: Duration::from_millis(100),
             hello_interval: Duration::from_millis(100),
             accept_backlog: 128,
         }
@@ -104,6 +108,7 @@ impl MuxConfig {
         c.max_connections = self.max_connections;
         c.connect_timeout = self.connect_timeout;
         c.close_timeout = self.close_timeout;
+        c.credit_request_delay = self.credit_request_delay;
         c
     }
 }
