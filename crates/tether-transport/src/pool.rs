@@ -54,12 +54,9 @@ impl Pool {
         })
     }
 
-    /// Returns a buffer that was taken and not frozen.
-    pub fn put(&self, buf: Vec<u8>) {
-        self.give_back(buf);
-    }
-
-    fn give_back(&self, mut buf: Vec<u8>) {
+    /// Returns a buffer to the pool (one taken and not frozen; frozen ones come back by
+    /// themselves). One of another size, or beyond `keep`, is freed instead.
+    pub fn put(&self, mut buf: Vec<u8>) {
         let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
         if spare.len() < self.keep && buf.capacity() == self.size {
             buf.clear();
@@ -93,7 +90,7 @@ impl AsRef<[u8]> for Lent {
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        self.home.give_back(std::mem::take(&mut self.buf));
+        self.home.put(std::mem::take(&mut self.buf));
     }
 }
 

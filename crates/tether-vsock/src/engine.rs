@@ -599,11 +599,7 @@ impl Engine {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tick(now);
         self.ask_for_credit(now);
-        while let Some(&(when, id)) = self.timers.first() {
-            if when > now {
-                break;
-            }
-            self.timers.pop_first();
+        while let Some((_, id)) = pop_due(&mut self.timers, now) {
             let Some(conn) = self.conn_mut(id) else {
                 continue;
             };
@@ -619,11 +615,7 @@ impl Engine {
     /// Sends the CREDIT_REQUESTs due at `now` for connections still starved.
     fn ask_for_credit(&mut self, now: Instant) {
         let (max_payload, min_packet) = (self.config.max_payload, self.config.min_packet());
-        while let Some(&(when, id)) = self.credit_timers.first() {
-            if when > now {
-                break;
-            }
-            self.credit_timers.pop_first();
+        while let Some((when, id)) = pop_due(&mut self.credit_timers, now) {
             let Some(conn) = self.conn_mut(id) else {
                 continue;
             };
@@ -1279,4 +1271,10 @@ impl Engine {
             _ => Err(StreamError::WouldBlock),
         }
     }
+}
+/// Takes the earliest timer of `set` if it is due at `now`.
+fn pop_due(set: &mut BTreeSet<(Instant, ConnId)>, now: Instant) -> Option<(Instant, ConnId)> {
+    set.first()
+        .is_some_and(|&(when, _)| when <= now)
+        .then(|| set.pop_first())?
 }
