@@ -1,12 +1,20 @@
 //! The standalone `tether-agent` binary: it serves the same protocol as `tether agent`,
 //! and refuses bad setups with a message that names what is wrong.
+//!
+//! scripts/test points `TETHER_AGENT_BIN` at the static build of scripts/build-agent (musl),
+//! so these run against the binary a guest gets; without it, against cargo's own build.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tether_client::{Client, Peer};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_tether-agent");
+/// The agent binary under test.
+fn agent() -> PathBuf {
+    std::env::var_os("TETHER_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tether-agent")))
+}
 
 /// A directory of its own for each test, removed afterwards.
 struct Dir(PathBuf);
@@ -37,7 +45,7 @@ impl Drop for Agent {
 }
 
 fn start(sock: &Path) -> Agent {
-    let child = Command::new(AGENT)
+    let child = Command::new(agent())
         .args(["--listen", &format!("unix://{}", sock.display())])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
@@ -53,29 +61,66 @@ fn start(sock: &Path) -> Agent {
     agent
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn client(sock: &Path) -> Client {
+    Client::new(Peer::new([format!("unix://{}", sock.display())
+        .parse()
+        .unwrap()]))
+}
+
 #[test]
 fn runs_a_command_with_its_output_apart_and_its_exit_code() {
     let dir = Dir::new("exec");
     let sock = dir.0.join("agent.sock");
     let _agent = start(&sock);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = Client::new(Peer::new([format!("unix://{}", sock.display())
-        .parse()
-        .unwrap()]));
+    let rt = runtime();
     let out = rt.block_on(async {
         let cmd = tether_client::Command::shell("echo out; echo err >&2; exit 3");
-        client.exec(&cmd).await.unwrap().output().await.unwrap()
+        client(&sock)
+            .exec(&cmd)
+            .await
+            .unwrap()
+            .output()
+            .await
+            .unwrap()
     });
     assert_eq!(out.stdout, b"out\n");
     assert_eq!(out.stderr, b"err\n");
     assert_eq!(out.status.code, Some(3));
 }
 
+#[test]
+fn switches_to_a_user_by_name_and_opens_a_tty() {
+    let dir = Dir::new("user-tty");
+    let sock = dir.0.join("agent.sock");
+    let _agent = start(&sock);
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let rt = runtime();
+    let (user, tty) = rt.block_on(async {
+        let c = client(&sock);
+        let cmd = tether_client::Command::shell("id -u; id -g; echo $HOME").user("nobody");
+        let user = c.exec(&cmd).await.unwrap().output().await.unwrap();
+        let cmd = tether_client::Command::shell("stty size; test -t 0 && test -t 1 && echo tty")
+            .tty(30, 100, None);
+        let tty = c.exec(&cmd).await.unwrap().output().await.unwrap();
+        (user, tty)
+    });
+    let expected = format!("{}\n{}\n{}\n", nobody.uid, nobody.gid, nobody.dir.display());
+    assert_eq!(String::from_utf8_lossy(&user.stdout), expected);
+    assert_eq!(user.status.code, Some(0));
+    // A terminal turns each \n into \r\n.
+    assert_eq!(String::from_utf8_lossy(&tty.stdout), "30 100\r\ntty\r\n");
+    assert_eq!(tty.status.code, Some(0));
+}
+
 fn refusal(args: &[&str]) -> String {
-    let out = Command::new(AGENT)
+    let out = Command::new(agent())
         .args(args)
         .stdin(Stdio::null())
         .output()

@@ -847,8 +847,13 @@ fn main() {
     );
     let start = median(starts);
     println!();
+    let libc = if bin.to_string_lossy().contains("musl") {
+        "musl"
+    } else {
+        "glibc"
+    };
     println!(
-        "agent: {} ({:.1} MB; scripts/build-agent: static, opt-level s, LTO)",
+        "agent: {} ({:.1} MB; scripts/build-agent: static {libc}, opt-level s, LTO)",
         bin.display(),
         std::fs::metadata(&bin).map_or(0.0, |m| m.len() as f64 / 1e6)
     );

@@ -6,9 +6,9 @@
 //! tether-agent --init --listen vsock://:1024 --ready vsock://2:1023   # as PID 1
 //! ```
 //!
-//! Build it small and static (see README.md):
-//! `RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile agent
-//! --target x86_64-unknown-linux-gnu -p tether-agent --features cli`.
+//! Build it small and static with `scripts/build-agent`, which links musl
+//! (`cargo build --profile agent --target x86_64-unknown-linux-musl -p tether-agent
+//! --features cli`).
 
 use clap::Parser;
 use std::process::ExitCode;
