@@ -65,6 +65,13 @@ pub fn run(args: Args) -> Result<(), AgentError> {
         }],
         false => args.listen,
     };
+    // Refused before anything is bound, so no "listening" line ever claims otherwise.
+    if let (None, Some(tcp)) = (
+        &token,
+        listen.iter().find(|ep| matches!(ep, Endpoint::Tcp { .. })),
+    ) {
+        return Err(AgentError::TcpWithoutToken(tcp.to_string()));
+    }
     let config = AgentConfig {
         token,
         allow_cids: match args.allow_cids.is_empty() {

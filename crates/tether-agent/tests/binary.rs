@@ -144,11 +144,16 @@ fn an_empty_token_file_is_refused_by_name() {
 
 #[test]
 fn a_tcp_listener_without_a_token_is_refused() {
-    let err = refusal(&["--listen", "tcp://127.0.0.1:0"]);
+    // Even beside a good listener, and before either is bound.
+    let dir = Dir::new("tcp-token");
+    let unix = format!("unix://{}", dir.0.join("agent.sock").display());
+    let err = refusal(&["--listen", &unix, "--listen", "tcp://127.0.0.1:0"]);
     assert!(
         err.contains("without a token") && err.contains("--token-file"),
         "{err}"
     );
+    assert!(!err.contains("listening"), "{err}");
+    assert!(!dir.0.join("agent.sock").exists());
 }
 
 #[test]
