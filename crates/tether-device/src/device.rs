@@ -37,6 +37,9 @@ pub struct DeviceStats {
     pub rx_packets: u64,
     /// Host connections refused because the connection table was full.
     pub refused_full: u64,
+    /// Host connections accepted only to be closed because the process was out of file
+    /// descriptors.
+    pub refused_no_fds: u64,
     /// RX buffers returned unused: smaller than a header, or outside guest memory.
     pub bad_rx_buffers: u64,
     /// Times a ring's avail index announced buffers that could not be taken.
@@ -56,6 +59,10 @@ pub struct Device {
     /// Reused by every poll of the host sockets.
     events: Vec<EpollEvent>,
     listener: UnixListener,
+    /// A descriptor held in reserve. When accept fails for want of descriptors, letting go
+    /// of it makes room to accept and close the waiting client, which sees EOF at once
+    /// instead of hanging, and the level-triggered listener stops waking the worker.
+    spare_fd: Option<std::fs::File>,
     conns: HashMap<u64, HostConn>,
     by_id: HashMap<ConnId, u64>,
     line_deadlines: BTreeSet<(Instant, u64)>,
@@ -95,6 +102,7 @@ impl Device {
             timer_at: None,
             events: vec![EpollEvent::default(); 64],
             listener,
+            spare_fd: Some(std::fs::File::open("/dev/null")?),
             conns: HashMap::new(),
             by_id: HashMap::new(),
             line_deadlines: BTreeSet::new(),
@@ -196,13 +204,37 @@ impl Device {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_out_of_fds(&e) && self.shed_client() => {
+                    if self.stats.refused_no_fds.is_power_of_two() {
+                        warn!(
+                            "accept on {}: {e}; closing clients until descriptors free up \
+                             ({} so far)",
+                            self.config.uds_path.display(),
+                            self.stats.refused_no_fds
+                        );
+                    }
+                }
                 Err(e) => {
-                    // EMFILE and friends: leave the rest in the backlog for later.
+                    // Leave the rest in the backlog for later.
                     warn!("accept on {}: {e}", self.config.uds_path.display());
                     return;
                 }
             }
         }
+    }
+
+    /// Accepts one waiting client with the spare descriptor's slot and closes it at once.
+    /// False when there is no spare or the accept still fails.
+    fn shed_client(&mut self) -> bool {
+        if self.spare_fd.take().is_none() {
+            return false;
+        }
+        let shed = self.listener.accept().is_ok();
+        if shed {
+            self.stats.refused_no_fds += 1;
+        }
+        self.spare_fd = std::fs::File::open("/dev/null").ok();
+        shed
     }
 
     fn on_stream_event(&mut self, token: u64, set: EventSet, now: Instant) {
@@ -661,4 +693,9 @@ fn dial_nonblocking(path: &str) -> io::Result<UnixStream> {
     let addr = UnixAddr::new(path)?;
     connect(fd.as_raw_fd(), &addr)?;
     Ok(UnixStream::from(fd))
+}
+
+/// EMFILE or ENFILE: the process or the system has no descriptor left to give.
+fn is_out_of_fds(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(code) if code == nix::libc::EMFILE || code == nix::libc::ENFILE)
 }
