@@ -6,8 +6,9 @@
 //! TETHER_DEVICE_CMD="target/release/tether device" cargo bench -p tether-vhost-harness
 //! ```
 //! A relative program path is taken from the workspace root (cargo runs benches in the
-//! package directory). `TETHER_BENCH_QUEUE` sets the queue size (default 128), `TETHER_BENCH_SCALE` multiplies
-//! the bytes per cell (e.g. 0.1 for a quick run).
+//! package directory). `TETHER_BENCH_QUEUE` sets the queue size (default 128),
+//! `TETHER_BENCH_SCALE` multiplies the bytes per cell (e.g. 0.1 for a quick run), and
+//! `TETHER_BENCH_ROUNDS` the interleaved rounds whose medians are printed (default 5).
 
 use std::time::Duration;
 use tether_vhost_harness::bench::{self, BenchSettings};
@@ -38,6 +39,10 @@ fn main() -> anyhow::Result<()> {
     // from the workspace root, where the command is typed.
     std::env::set_current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))?;
     let settings = settings()?;
+    let rounds: usize = match std::env::var("TETHER_BENCH_ROUNDS") {
+        Ok(r) => r.parse()?,
+        Err(_) => 5,
+    };
     let mut backends = vec![Backend::vhost_device_vsock()?];
     if let Some(cmd) = std::env::var("TETHER_DEVICE_CMD")
         .ok()
@@ -45,17 +50,77 @@ fn main() -> anyhow::Result<()> {
     {
         backends.push(Backend::from_command_line(&cmd)?);
     }
-    let mut reports = Vec::new();
-    for b in &backends {
-        eprintln!("measuring {} ...", b.name());
-        reports.push(bench::run(b, &settings).map_err(|e| anyhow::anyhow!("{}: {e}", b.name()))?);
+    // Rounds alternate the backends (and which goes first), so a slow spell of the
+    // machine lands on both rather than on one.
+    let mut runs: Vec<Vec<bench::BenchReport>> = vec![Vec::new(); backends.len()];
+    for round in 0..rounds.max(1) {
+        let mut order: Vec<usize> = (0..backends.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let b = &backends[i];
+            eprintln!("round {}: measuring {} ...", round + 1, b.name());
+            let report =
+                bench::run(b, &settings).map_err(|e| anyhow::anyhow!("{}: {e}", b.name()))?;
+            runs[i].push(report);
+        }
     }
-    let refs: Vec<_> = reports.iter().collect();
+    let medians: Vec<_> = runs.iter().filter_map(|r| bench::median(r)).collect();
+    let refs: Vec<_> = medians.iter().collect();
     println!(
-        "queue size {}, rx buffers {} B\n{}",
+        "queue size {}, rx buffers {} B, median of {} interleaved rounds\n{}",
         settings.guest.queue_size,
         settings.guest.rx_buffer_size,
+        rounds.max(1),
         bench::format_reports(&refs)
     );
+    println!(
+        "ceiling: the bench's host writer alone, into a Unix socket a thread drains \
+         (median of {} runs)",
+        rounds.max(1)
+    );
+    for &size in &settings.write_sizes {
+        let mut runs = (0..rounds.max(1))
+            .map(|_| bench::host_writer_ceiling(size, (settings.bytes_for)(size)))
+            .collect::<Result<Vec<f64>, _>>()?;
+        runs.sort_by(f64::total_cmp);
+        println!("  {size} B writes: {:.2} Gbps", runs[runs.len() / 2]);
+    }
+    if let [base, .., last] = &runs[..] {
+        println!("ratio in each round (last backend over the first; latency inverted):");
+        print_round_ratios(base, last);
+    }
     Ok(())
+}
+
+/// Each cell's ratio per round, to show how far one round can be trusted.
+fn print_round_ratios(base: &[bench::BenchReport], other: &[bench::BenchReport]) {
+    let Some(first) = base.first() else {
+        return;
+    };
+    for (i, cell) in first.throughput.iter().enumerate() {
+        let ratios: Vec<String> = base
+            .iter()
+            .zip(other)
+            .map(|(b, o)| format!("{:.2}", o.throughput[i].gbps() / b.throughput[i].gbps()))
+            .collect();
+        println!(
+            "  {} {} B writes: {}",
+            cell.direction,
+            cell.write_size,
+            ratios.join(" ")
+        );
+    }
+    let p50: Vec<String> = base
+        .iter()
+        .zip(other)
+        .map(|(b, o)| {
+            format!(
+                "{:.2}",
+                b.latency.p50.as_secs_f64() / o.latency.p50.as_secs_f64()
+            )
+        })
+        .collect();
+    println!("  1-byte round trip p50: {}", p50.join(" "));
 }

@@ -175,6 +175,67 @@ pub fn run(spec: &Backend, settings: &BenchSettings) -> Result<BenchReport, Benc
     })
 }
 
+/// The median of several rounds of one backend: per throughput cell, the round with the
+/// median rate (its bytes, time and packets together); p50 and p99 each the median of the
+/// rounds'. Rounds interleaved with another backend's make the ratio of medians robust
+/// to a machine whose speed drifts. `None` for no rounds.
+pub fn median(rounds: &[BenchReport]) -> Option<BenchReport> {
+    let first = rounds.first()?;
+    let throughput = (0..first.throughput.len())
+        .map(|i| {
+            let mut cells: Vec<Throughput> = rounds
+                .iter()
+                .filter_map(|r| r.throughput.get(i).copied())
+                .collect();
+            cells.sort_by(|a, b| a.gbps().total_cmp(&b.gbps()));
+            cells[cells.len() / 2]
+        })
+        .collect();
+    let middle = |pick: fn(&Latency) -> Duration| {
+        let mut v: Vec<Duration> = rounds.iter().map(|r| pick(&r.latency)).collect();
+        v.sort();
+        v[v.len() / 2]
+    };
+    Some(BenchReport {
+        backend: first.backend.clone(),
+        throughput,
+        latency: Latency {
+            samples: rounds.iter().map(|r| r.latency.samples).sum(),
+            p50: middle(|l| l.p50),
+            p99: middle(|l| l.p99),
+        },
+    })
+}
+
+/// The ceiling of a host-to-guest cell: the same writer as [`run`]'s (`size`-byte writes
+/// from a thread) into a Unix socket whose other end a thread drains in 256 KiB reads,
+/// with no backend at all. In Gbps. A backend cannot beat this; when both backends reach
+/// it, the cell measures the writer.
+pub fn host_writer_ceiling(size: usize, bytes: usize) -> std::io::Result<f64> {
+    let (mut writer, mut reader) = UnixStream::pair()?;
+    let chunk = vec![0xa5u8; size];
+    let writes = bytes / size;
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        let w = s.spawn(move || -> std::io::Result<()> {
+            for _ in 0..writes {
+                writer.write_all(&chunk)?;
+            }
+            Ok(())
+        });
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0;
+        while got < writes * size {
+            match reader.read(&mut buf)? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        w.join().expect("writer thread")
+    })?;
+    Ok((writes * size) as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9)
+}
+
 fn with_stderr(e: BenchError, backend: &BackendProcess) -> BenchError {
     let stderr = backend.stderr();
     let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
@@ -387,5 +448,43 @@ pub fn format_reports(reports: &[&BenchReport]) -> String {
 fn ratio(out: &mut String, base: f64, other: f64, n: usize) {
     if n > 1 && base > 0.0 {
         let _ = write!(out, "  {:>7.2}x", other / base);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(gbps_64: f64, p50_us: u64) -> BenchReport {
+        let cell = |write_size, gbps: f64| Throughput {
+            direction: Direction::HostToGuest,
+            write_size,
+            bytes: 1_000_000_000,
+            elapsed: Duration::from_secs_f64(8.0 / gbps),
+            packets: (gbps * 1000.0) as u64,
+        };
+        BenchReport {
+            backend: "b".into(),
+            throughput: vec![cell(64, gbps_64), cell(4096, 10.0 - gbps_64)],
+            latency: Latency {
+                samples: 10,
+                p50: Duration::from_micros(p50_us),
+                p99: Duration::from_micros(p50_us * 3),
+            },
+        }
+    }
+
+    #[test]
+    fn the_median_takes_each_cell_and_percentile_on_its_own() {
+        let m = median(&[report(1.0, 90), report(3.0, 50), report(2.0, 70)]).unwrap();
+        assert!((m.throughput[0].gbps() - 2.0).abs() < 1e-9);
+        // The second cell's median comes from another round: 10 - 2 = 8.
+        assert!((m.throughput[1].gbps() - 8.0).abs() < 1e-9);
+        // Bytes, time and packets stay those of one round.
+        assert_eq!(m.throughput[0].packets, 2000);
+        assert_eq!(m.latency.p50, Duration::from_micros(70));
+        assert_eq!(m.latency.p99, Duration::from_micros(210));
+        assert_eq!(m.latency.samples, 30);
+        assert!(median(&[]).is_none());
     }
 }
