@@ -8,7 +8,8 @@
 //! A relative program path is taken from the workspace root (cargo runs benches in the
 //! package directory). `TETHER_BENCH_QUEUE` sets the queue size (default 128),
 //! `TETHER_BENCH_SCALE` multiplies the bytes per cell (e.g. 0.1 for a quick run), and
-//! `TETHER_BENCH_ROUNDS` the interleaved rounds whose medians are printed (default 5).
+//! `TETHER_BENCH_ROUNDS` the interleaved rounds whose medians are printed (default 5),
+//! `TETHER_BENCH_ROUND_TRIPS` the ping-pong's round trips per round (default 2000).
 
 use std::time::Duration;
 use tether_vhost_harness::bench::{self, BenchSettings};
@@ -27,6 +28,9 @@ fn settings() -> anyhow::Result<BenchSettings> {
             (bytes as usize).max(size)
         };
         s.round_trips = ((s.round_trips as f64 * scale) as usize).max(10);
+    }
+    if let Ok(n) = std::env::var("TETHER_BENCH_ROUND_TRIPS") {
+        s.round_trips = n.parse()?;
     }
     s.guest.io_timeout = Duration::from_secs(30);
     Ok(s)
