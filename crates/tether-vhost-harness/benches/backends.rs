@@ -79,6 +79,32 @@ fn main() -> anyhow::Result<()> {
         rounds.max(1),
         bench::format_reports(&refs)
     );
+    let rigs = backends
+        .iter()
+        .map(|b| bench::Rig::start(b, &settings))
+        .collect::<Result<Vec<_>, _>>()?;
+    let slices = 20;
+    let latencies =
+        bench::ping_pong_interleaved(&rigs, settings.round_trips * rounds.max(1), slices)?;
+    println!(
+        "1-byte round trips with every backend up, {} each in {slices} slices taken in turn:",
+        latencies.first().map_or(0, |l| l.samples)
+    );
+    for (rig, l) in rigs.iter().zip(&latencies) {
+        println!(
+            "  {:<28} p50 {:>7.1} us   p99 {:>7.1} us",
+            rig.name(),
+            l.p50.as_secs_f64() * 1e6,
+            l.p99.as_secs_f64() * 1e6
+        );
+    }
+    if let [first, .., last] = &latencies[..] {
+        println!(
+            "  p50 ratio (first over last): {:.2}x",
+            first.p50.as_secs_f64() / last.p50.as_secs_f64()
+        );
+    }
+    drop(rigs);
     println!(
         "ceiling: the bench's host writer alone, into a Unix socket a thread drains \
          (median of {} runs)",

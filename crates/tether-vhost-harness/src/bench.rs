@@ -135,11 +135,83 @@ pub struct BenchReport {
     pub latency: Latency,
 }
 
+/// A backend process with its harness guest, ready for connections.
+pub struct Rig {
+    backend: BackendProcess,
+    guest: Guest,
+}
+
+impl Rig {
+    /// Starts `spec` and a guest on it, and waits for its hybrid socket.
+    pub fn start(spec: &Backend, settings: &BenchSettings) -> Result<Rig, BenchError> {
+        let backend = spec.spawn()?;
+        let guest = Guest::start(backend.socket_path(), settings.guest.clone())?;
+        wait_for(&backend)?;
+        Ok(Rig { backend, guest })
+    }
+
+    /// The backend's name.
+    pub fn name(&self) -> &str {
+        self.backend.name()
+    }
+}
+
+/// 1-byte ping-pong through every rig at once, `slices` turns each of `round_trips /
+/// slices` round trips, the rigs taking turns within each slice (after a warm-up turn),
+/// so that whatever else the machine does in a moment weighs on all of them alike. One
+/// [`Latency`] per rig, in order.
+pub fn ping_pong_interleaved(
+    rigs: &[Rig],
+    round_trips: usize,
+    slices: usize,
+) -> Result<Vec<Latency>, BenchError> {
+    let per_slice = (round_trips / slices.max(1)).max(1);
+    let turns = slices.max(1) + 1;
+    let mut pairs = Vec::new();
+    for rig in rigs {
+        let (host, conn) = host_pair(&rig.backend, &rig.guest, 3001)?;
+        host.set_read_timeout(Some(Duration::from_secs(5)))?;
+        pairs.push((host, conn));
+    }
+    std::thread::scope(|s| {
+        let mut echoes = Vec::new();
+        let mut hosts = Vec::new();
+        for (host, conn) in pairs {
+            hosts.push(host);
+            echoes.push(s.spawn(move || -> Result<(), ConnError> {
+                let mut b = [0u8; 1];
+                for _ in 0..turns * per_slice {
+                    conn.read_exact(&mut b)?;
+                    conn.write_all(&b)?;
+                }
+                Ok(())
+            }));
+        }
+        let mut samples = vec![Vec::with_capacity(per_slice * slices); hosts.len()];
+        let mut b = [0u8; 1];
+        for turn in 0..turns {
+            for (host, samples) in hosts.iter_mut().zip(&mut samples) {
+                for i in 0..per_slice {
+                    let start = Instant::now();
+                    host.write_all(&[i as u8])?;
+                    host.read_exact(&mut b)?;
+                    if turn > 0 {
+                        samples.push(start.elapsed());
+                    }
+                }
+            }
+        }
+        for echo in echoes {
+            echo.join()
+                .map_err(|_| BenchError::Other("echo panicked".into()))??;
+        }
+        Ok(samples.into_iter().map(latency_of).collect())
+    })
+}
+
 /// Measures `spec`: one backend process and guest for all cells, a fresh connection each.
 pub fn run(spec: &Backend, settings: &BenchSettings) -> Result<BenchReport, BenchError> {
-    let backend = spec.spawn()?;
-    let guest = Guest::start(backend.socket_path(), settings.guest.clone())?;
-    wait_for(&backend)?;
+    let Rig { backend, guest } = Rig::start(spec, settings)?;
     let mut throughput = Vec::new();
     for direction in [Direction::HostToGuest, Direction::GuestToHost] {
         for (i, &size) in settings.write_sizes.iter().enumerate() {
@@ -371,14 +443,23 @@ fn ping_pong(
         }
         echo.join()
             .map_err(|_| BenchError::Other("echo panicked".into()))??;
-        samples.sort();
-        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-        Ok(Latency {
-            samples: samples.len(),
-            p50: at(0.5),
-            p99: at(0.99),
-        })
+        Ok(latency_of(samples))
     })
+}
+
+fn latency_of(mut samples: Vec<Duration>) -> Latency {
+    samples.sort();
+    let at = |q: f64| {
+        samples
+            .get(((samples.len().max(1) - 1) as f64 * q).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    Latency {
+        samples: samples.len(),
+        p50: at(0.5),
+        p99: at(0.99),
+    }
 }
 
 fn size_label(n: usize) -> String {
