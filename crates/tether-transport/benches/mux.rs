@@ -11,8 +11,10 @@
 //! - latency: a 1-byte ping-pong on one connection, p50 and p99.
 //!
 //! yamux runs with its `Config` defaults except for the receive window: its streams start
-//! at 256 KiB (`yamux::DEFAULT_CREDIT`) and auto-tune upwards; the connection window is set
-//! to `max_num_streams * 256 KiB` so each stream stays at 256 KiB, as tether's `buf_alloc`.
+//! at 256 KiB (`yamux::DEFAULT_CREDIT`) and auto-tune upwards into a pool the connection
+//! window leaves; that pool is set to what tether's `buf_alloc` (512 KiB) adds over 256
+//! KiB for each stream of the run, so yamux's streams together can have the credit
+//! tether's connections have.
 //!
 //! `TETHER_MUX_CELLS=1x64,100x4` runs only those throughput cells (connections x KiB
 //! per write) and, unless the list also names `latency`, no ping-pong; naming `tether`,
@@ -183,8 +185,8 @@ type YamuxStream = Compat<yamux::Stream>;
 /// when the returned guard drops.
 async fn yamux_pairs(n: usize) -> (Vec<(YamuxStream, YamuxStream)>, AbortOnDrop) {
     let (a, b) = UnixStream::pair().expect("socketpair");
-    let (client, client_task) = YamuxLink::spawn(a, yamux::Mode::Client);
-    let (mut server, server_task) = YamuxLink::spawn(b, yamux::Mode::Server);
+    let (client, client_task) = YamuxLink::spawn(a, yamux::Mode::Client, n);
+    let (mut server, server_task) = YamuxLink::spawn(b, yamux::Mode::Server, n);
     let mut pairs = Vec::with_capacity(n);
     for _ in 0..n {
         // A yamux stream reaches the peer with its first frame: send one byte to pair up.
@@ -198,11 +200,17 @@ async fn yamux_pairs(n: usize) -> (Vec<(YamuxStream, YamuxStream)>, AbortOnDrop)
     (pairs, AbortOnDrop(vec![client_task, server_task]))
 }
 
-fn yamux_config() -> yamux::Config {
+/// yamux's settings for a link that will carry `streams` streams.
+fn yamux_config(streams: usize) -> yamux::Config {
     let mut cfg = yamux::Config::default();
     cfg.set_max_num_streams(YAMUX_MAX_STREAMS);
-    // Every stream gets exactly its guaranteed 256 KiB, leaving nothing to grow into.
-    cfg.set_max_connection_receive_window(Some(YAMUX_MAX_STREAMS * yamux::DEFAULT_CREDIT as usize));
+    // Every stream is guaranteed 256 KiB; the pool its windows auto-tune into holds what
+    // tether's credit adds over that for each stream of the run, so together they can
+    // reach the credit tether's connections have (a single stream could take it all).
+    let extra =
+        (MuxConfig::host().buf_alloc as usize).saturating_sub(yamux::DEFAULT_CREDIT as usize);
+    let window = YAMUX_MAX_STREAMS * yamux::DEFAULT_CREDIT as usize + streams * extra;
+    cfg.set_max_connection_receive_window(Some(window));
     cfg
 }
 
@@ -225,8 +233,8 @@ struct YamuxLink {
 }
 
 impl YamuxLink {
-    fn spawn(io: UnixStream, mode: yamux::Mode) -> (YamuxLink, JoinHandle<()>) {
-        let conn = yamux::Connection::new(io.compat(), yamux_config(), mode);
+    fn spawn(io: UnixStream, mode: yamux::Mode, streams: usize) -> (YamuxLink, JoinHandle<()>) {
+        let conn = yamux::Connection::new(io.compat(), yamux_config(streams), mode);
         let (open, requests) = mpsc::unbounded_channel();
         let (inbound_tx, inbound) = mpsc::unbounded_channel();
         let task = tokio::spawn(drive_yamux(conn, requests, inbound_tx));

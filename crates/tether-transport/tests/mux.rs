@@ -431,3 +431,107 @@ async fn small_writes_stream_through_without_stalling() {
     assert_eq!(total, TOTAL);
     drop(writer.await.unwrap());
 }
+
+/// An `AsyncWrite` that counts the writes that moved bytes.
+struct CountingWriter<W> {
+    inner: W,
+    writes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountingWriter<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.count(&r);
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.count(&r);
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<W> CountingWriter<W> {
+    fn count(&self, r: &std::task::Poll<std::io::Result<usize>>) {
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if *n > 0) {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// A write on a connection whose peer has read everything goes to the link at once, from
+/// the writing task. Once 64 KiB are written and unread, a small write is queued for the
+/// writer task instead (which joins such writes into full packets): on a current-thread
+/// runtime, nothing reaches the link until the writing task yields.
+#[tokio::test]
+async fn small_writes_wait_for_the_writer_task_while_streaming_only() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (a, b) = UnixStream::pair().unwrap();
+    let ((ar, aw), (br, bw)) = (a.into_split(), b.into_split());
+    let writes = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = CountingWriter {
+        inner: aw,
+        writes: writes.clone(),
+    };
+    let host = Mux::from_halves(ar, counted, MuxConfig::host());
+    let guest = Mux::from_halves(br, bw, MuxConfig::guest(3));
+    let mut l = guest.listen(9).unwrap();
+    let mut tx = host.connect(9).await.unwrap();
+    let mut rx = l.accept().await.unwrap();
+
+    let block = pattern(5, 4096);
+    for i in 0..16 {
+        let before = writes.load(Ordering::SeqCst);
+        tx.write_all(&block).await.unwrap();
+        assert_eq!(
+            writes.load(Ordering::SeqCst),
+            before + 1,
+            "write {i}: with less than 64 KiB unread it must reach the link at once"
+        );
+    }
+    let before = writes.load(Ordering::SeqCst);
+    for _ in 0..4 {
+        tx.write_all(&block).await.unwrap();
+    }
+    assert_eq!(
+        writes.load(Ordering::SeqCst),
+        before,
+        "with 64 KiB unread, small writes are left to the writer task"
+    );
+    let mut got = vec![0u8; 20 * block.len()];
+    rx.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, block.repeat(20));
+    assert_eq!(
+        writes.load(Ordering::SeqCst),
+        before + 1,
+        "the writer task sent the four queued writes in one link write"
+    );
+}

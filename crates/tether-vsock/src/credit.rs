@@ -21,11 +21,15 @@ impl TxCredit {
         self.peer_fwd_cnt = fwd_cnt;
     }
 
+    /// Bytes sent that the peer has not yet told us it consumed.
+    pub fn in_flight(&self) -> u32 {
+        self.tx_cnt.wrapping_sub(self.peer_fwd_cnt)
+    }
+
     /// Bytes the peer can still take. Zero, not a wrapped huge value, when the peer has
     /// shrunk its buffer below what is already in flight.
     pub fn available(&self) -> u32 {
-        let in_flight = self.tx_cnt.wrapping_sub(self.peer_fwd_cnt);
-        self.peer_buf_alloc.saturating_sub(in_flight)
+        self.peer_buf_alloc.saturating_sub(self.in_flight())
     }
 
     /// Accounts for `n` bytes sent; the caller has checked `n <= available()`.

@@ -506,6 +506,13 @@ impl Engine {
         self.held(id).map_or(0, |c| c.recv.len())
     }
 
+    /// Stream bytes not yet consumed by the peer's reader, as far as its latest packet
+    /// tells: those queued here plus those sent and unacknowledged.
+    pub fn unconsumed_len(&self, id: ConnId) -> usize {
+        self.held(id)
+            .map_or(0, |c| c.send.len() + c.tx.in_flight() as usize)
+    }
+
     /// Bytes queued for sending and not yet handed to [`Engine::poll_transmit`].
     pub fn send_queue_len(&self, id: ConnId) -> usize {
         self.held(id).map_or(0, |c| c.send.len())

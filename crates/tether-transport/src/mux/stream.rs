@@ -10,6 +10,19 @@ use std::time::Instant;
 use tether_vsock::{CloseReason, ConnId, Engine, Shutdown, StreamError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Writes shorter than this, made while the connection is [streaming], are queued and
+/// left to the writer task instead of written at once: the task takes what gathered by
+/// the time it runs, joined into full packets, so a stream of 4 KiB writes costs a link
+/// write per 64 KiB rather than one per write, and the peer reads full packets.
+///
+/// [streaming]: MuxStream::streaming
+const COALESCE_BELOW: usize = 16 * 1024;
+
+/// Bytes written and not yet consumed by the peer from which a connection counts as
+/// streaming. A request or a ping on a connection whose peer has read everything goes out
+/// at once, from the writing task.
+const STREAMING_UNCONSUMED: usize = 64 * 1024;
+
 /// A connection over a mux link: `AsyncRead + AsyncWrite`, where `shutdown()` is a
 /// half-close (the peer reads EOF, this end can still read) and dropping closes both ways.
 pub struct MuxStream {
@@ -83,6 +96,17 @@ impl MuxStream {
             self.shared.flush_link(cx, false);
         }
         out
+    }
+
+    /// Whether this connection is streaming: enough of what it wrote is still unread by
+    /// the peer that a small write can wait to be joined with the next ones.
+    fn streaming(&self) -> bool {
+        let st = self.shared.lock();
+        st.session == self.session
+            && st
+                .engine
+                .as_ref()
+                .is_some_and(|e| e.unconsumed_len(self.id) >= STREAMING_UNCONSUMED)
     }
 
     /// The result, and whether the engine now owes the link a packet.
@@ -162,11 +186,14 @@ impl AsyncWrite for MuxStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let id = self.id;
-        if let Some(res) = self.shared.write_direct(cx, self.session, id, data) {
-            return Poll::Ready(res);
+        let coalesce = data.len() < COALESCE_BELOW && self.streaming();
+        if !coalesce {
+            if let Some(res) = self.shared.write_direct(cx, self.session, id, data) {
+                return Poll::Ready(res);
+            }
         }
         let waker = cx.waker().clone();
-        let res = self.with_engine(cx, |engine, st| {
+        let (res, owes) = self.with_engine_locked(|engine, st| {
             let n = engine.send(id, data);
             if matches!(n, Err(StreamError::WouldBlock)) {
                 if let Some(slot) = st.slots.get_mut(&id) {
@@ -175,6 +202,13 @@ impl AsyncWrite for MuxStream {
             }
             n
         });
+        match (owes, coalesce) {
+            (true, true) => self.shared.kick(),
+            (true, false) => {
+                self.shared.flush_link(cx, false);
+            }
+            (false, _) => {}
+        }
         match res {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
             other => Poll::Ready(other),
