@@ -18,9 +18,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// [streaming]: MuxStream::streaming
 const COALESCE_BELOW: usize = 16 * 1024;
 
-/// Bytes written and not yet consumed by the peer from which a connection counts as
-/// streaming. A request or a ping on a connection whose peer has read everything goes out
-/// at once, from the writing task.
+/// Bytes written and not yet consumed by the peer (as far as its latest packet tells) from
+/// which a connection counts as streaming. A request or a ping on a connection whose peer
+/// has read what it was sent goes out at once, from the writing task. The peer announces
+/// what it read only every quarter of its buffer, so after a burst a small write may still
+/// count as streaming: it then waits one task hand-off, never for credit or a timer.
 const STREAMING_UNCONSUMED: usize = 64 * 1024;
 
 /// A connection over a mux link: `AsyncRead + AsyncWrite`, where `shutdown()` is a
