@@ -208,6 +208,99 @@ async fn thousand_concurrent_connections_complete() {
     server.await.unwrap();
 }
 
+/// Many connections writing large buffers at once over one link, both ways, with readers
+/// that pause: large writes wait for the busy link instead of queueing a copy, and every
+/// waiter must be woken. Credit requests are put off for an hour, so a lost wake shows as
+/// a stall rather than being rescued by the request timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_writers_sharing_a_busy_link_all_finish() {
+    const CONNS: u64 = 40;
+    const EACH: usize = 4 << 20;
+    let (a, b) = UnixStream::pair().unwrap();
+    let ((ar, aw), (br, bw)) = (a.into_split(), b.into_split());
+    let patient = |mut c: MuxConfig| {
+        c.credit_request_delay = Duration::from_secs(3600);
+        c
+    };
+    let host = Mux::from_halves(ar, aw, patient(MuxConfig::host()));
+    let guest = Mux::from_halves(br, bw, patient(MuxConfig::guest(3)));
+    let mut l = guest.listen(7).unwrap();
+    // The guest echoes each connection's digest after reading it with pauses, while
+    // sending the same amount back in 48 KiB writes.
+    let server = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..CONNS {
+            let s = l.accept().await.unwrap();
+            tasks.push(tokio::spawn(async move {
+                let (mut rd, mut wr) = tokio::io::split(s);
+                let sender = tokio::spawn(async move {
+                    let block = pattern(99, 48 * 1024);
+                    let mut sent = 0;
+                    while sent < EACH {
+                        let n = block.len().min(EACH - sent);
+                        wr.write_all(&block[..n]).await.unwrap();
+                        sent += n;
+                    }
+                    wr
+                });
+                let mut hash = Sha256::new();
+                let mut buf = vec![0u8; 100_000];
+                for reads in 0u64.. {
+                    if reads % 7 == 0 {
+                        tokio::time::sleep(Duration::from_micros(300)).await;
+                    }
+                    match rd.read(&mut buf).await.unwrap() {
+                        0 => break,
+                        n => hash.update(&buf[..n]),
+                    }
+                }
+                let mut wr = sender.await.unwrap();
+                wr.write_all(&hash.finalize()).await.unwrap();
+                wr.shutdown().await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let mut clients = Vec::new();
+    for i in 0..CONNS {
+        let host = host.clone();
+        clients.push(tokio::spawn(async move {
+            let c = host.connect(7).await.unwrap();
+            let (mut rd, mut wr) = tokio::io::split(c);
+            let data = pattern(i, EACH);
+            let expected = Sha256::digest(&data).to_vec();
+            let writer = tokio::spawn(async move {
+                for chunk in data.chunks(64 * 1024) {
+                    wr.write_all(chunk).await.unwrap();
+                }
+                wr.shutdown().await.unwrap();
+                wr
+            });
+            let mut back = Vec::new();
+            rd.read_to_end(&mut back).await.unwrap();
+            drop(writer.await.unwrap());
+            let block = pattern(99, 48 * 1024);
+            let (echoed, digest) = back.split_at(EACH);
+            assert!(
+                echoed.chunks(block.len()).all(|c| c == &block[..c.len()]),
+                "connection {i}: the guest's bytes came back altered"
+            );
+            assert_eq!(digest, expected, "connection {i}");
+        }));
+    }
+    let all = async {
+        for c in clients {
+            c.await.unwrap();
+        }
+        server.await.unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(120), all)
+        .await
+        .expect("the transfers stalled");
+}
+
 #[tokio::test]
 async fn link_loss_ends_every_connection_with_a_clear_error() {
     let (a, b) = UnixStream::pair().unwrap();

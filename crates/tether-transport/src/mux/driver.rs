@@ -47,6 +47,14 @@ impl Output {
     }
 }
 
+/// What [`Shared::write_direct`] does when the link is busy.
+pub(crate) enum WhenBusy {
+    /// Give up, so the caller queues a copy.
+    Queue,
+    /// Wait for the link.
+    Wait,
+}
+
 /// Where a flush left the link.
 pub(crate) enum Flush {
     /// Everything owed is written; wake again by the deadline if there is one.
@@ -78,6 +86,9 @@ impl Shared {
             self.flush_wanted.store(false, Ordering::SeqCst);
             let flushed = self.flush_locked(&mut guard, cx, writer_task);
             drop(guard);
+            if matches!(flushed, Flush::Idle(_) | Flush::Closed) {
+                self.wake_link_waiters();
+            }
             let again = matches!(flushed, Flush::Idle(_) | Flush::Busy)
                 && self.flush_wanted.load(Ordering::SeqCst);
             if !again {
@@ -139,24 +150,62 @@ impl Shared {
     }
 
     /// Writes `data` to the link as an RW of connection `id` straight from the caller's
-    /// buffer when the link is idle and the peer has credit; copies only what the link
-    /// does not take at once. `None` means the fast path does not apply: queue instead.
+    /// buffer when the link is free and the peer has credit; copies only what the link
+    /// does not take at once. `Ready(None)` means the fast path does not apply: queue
+    /// instead.
+    ///
+    /// When another task is writing, or an earlier batch is still going out, `when_busy`
+    /// decides: [`WhenBusy::Queue`] gives up (`Ready(None)`); [`WhenBusy::Wait`] waits
+    /// for the link like a socket writer would (`Pending`), which saves a large write its
+    /// copy into the send queue when many connections share a busy link.
     pub fn write_direct(
         self: &Arc<Self>,
         cx: &mut Context<'_>,
         session: u64,
         id: tether_vsock::ConnId,
         data: &[u8],
-    ) -> Option<std::io::Result<usize>> {
-        let mut guard = self.output.try_lock().ok()?;
+        when_busy: WhenBusy,
+    ) -> Poll<Option<std::io::Result<usize>>> {
+        let wait = matches!(when_busy, WhenBusy::Wait);
+        let mut guard = match self.output.try_lock() {
+            Ok(g) => g,
+            Err(_) if !wait => return Poll::Ready(None),
+            Err(_) => {
+                // Registered before the second try, so a holder letting go in between
+                // still finds us to wake.
+                self.wait_for_link(cx);
+                match self.output.try_lock() {
+                    Ok(g) => g,
+                    Err(_) => return Poll::Pending,
+                }
+            }
+        };
+        if wait
+            && guard
+                .as_ref()
+                .is_some_and(|out| out.offset != out.batch.bytes)
+        {
+            // The writer task finishes the batch and wakes us when it is done.
+            self.wait_for_link(cx);
+            drop(guard);
+            self.writer.notify_one();
+            return Poll::Pending;
+        }
         let (written, left_batch) = self.write_direct_locked(&mut guard, cx, session, id, data);
+        let backlogged = guard
+            .as_ref()
+            .is_some_and(|out| out.offset != out.batch.bytes);
         drop(guard);
         // A batch left half written, and packets left to us by a task that found the
-        // link busy meanwhile (see flush_link), go now, whatever became of ours.
+        // link busy meanwhile (see flush_link), go now, whatever became of ours. Either
+        // way, writers who found the link busy while we held it are woken by whoever
+        // leaves it with nothing to write: that flush, the writer task, or us.
         if left_batch || self.flush_wanted.load(Ordering::SeqCst) {
             self.flush_link(cx, false);
+        } else if !backlogged {
+            self.wake_link_waiters();
         }
-        written
+        Poll::Ready(written)
     }
 
     /// The body of [`Shared::write_direct`], with the link's write half held; also says

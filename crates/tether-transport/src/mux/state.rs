@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Waker;
+use std::task::{Context, Waker};
 use std::time::Instant;
 use tether_vsock::{CloseReason, ConnId, Engine, Event, SocketType};
 use tokio::sync::{watch, Notify};
@@ -97,6 +97,10 @@ pub(crate) struct Shared {
     pub writer_wakes: Mutex<Option<Instant>>,
     pub status: watch::Sender<LinkStatus>,
     pub reader_abort: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Writers of large buffers waiting for the link's write half to be free and done with
+    /// earlier batches (see `Shared::write_direct`). Woken, all of them, whenever a task
+    /// lets go of the write half with nothing left to write, and when the session ends.
+    pub link_waiters: Mutex<Vec<Waker>>,
 }
 
 impl State {
@@ -134,7 +138,25 @@ impl Shared {
             writer_wakes: Mutex::new(None),
             status: watch::Sender::new(LinkStatus::Handshaking),
             reader_abort: Mutex::new(None),
+            link_waiters: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Wakes every writer waiting for the link (see [`Shared::link_waiters`]).
+    pub fn wake_link_waiters(&self) {
+        let waiters =
+            std::mem::take(&mut *self.link_waiters.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in waiters {
+            w.wake();
+        }
+    }
+
+    /// Adds the caller to the writers waiting for the link, once.
+    pub fn wait_for_link(&self, cx: &Context<'_>) {
+        let mut waiters = self.link_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            waiters.push(cx.waker().clone());
+        }
     }
 
     /// Locks the state. A panic while holding the lock is a bug that already took its
@@ -265,6 +287,7 @@ impl Shared {
         if let Some(mut engine) = st.engine.take() {
             engine.reset_all(CloseReason::EngineReset);
         }
+        self.wake_link_waiters();
         for slot in st.slots.values_mut() {
             slot.wake_all();
         }

@@ -1,5 +1,6 @@
 //! One mux connection as a tokio byte stream.
 
+use super::driver::WhenBusy;
 use super::state::{Shared, State};
 use super::Keepalive;
 use std::io;
@@ -188,10 +189,22 @@ impl AsyncWrite for MuxStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let id = self.id;
-        let coalesce = data.len() < COALESCE_BELOW && self.streaming();
+        let small = data.len() < COALESCE_BELOW;
+        let coalesce = small && self.streaming();
         if !coalesce {
-            if let Some(res) = self.shared.write_direct(cx, self.session, id, data) {
-                return Poll::Ready(res);
+            // Large writes wait for a busy link rather than be copied into the queue.
+            let when_busy = if small {
+                WhenBusy::Queue
+            } else {
+                WhenBusy::Wait
+            };
+            match self
+                .shared
+                .write_direct(cx, self.session, id, data, when_busy)
+            {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(res)) => return Poll::Ready(res),
+                Poll::Ready(None) => {}
             }
         }
         let waker = cx.waker().clone();
