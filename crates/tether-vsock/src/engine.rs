@@ -513,6 +513,14 @@ impl Engine {
             .map_or(0, |c| c.send.len() + c.tx.in_flight() as usize)
     }
 
+    /// Whether bytes are queued on this connection that the peer has credit for, so the
+    /// next [`Engine::poll_transmit`] can send them: they wait only for the link.
+    pub fn queued_sendable(&self, id: ConnId) -> bool {
+        let (max_payload, min_packet) = (self.config.max_payload, self.config.min_packet());
+        self.held(id)
+            .is_some_and(|c| c.sendable(max_payload, min_packet).is_some_and(|n| n > 0))
+    }
+
     /// Bytes queued for sending and not yet handed to [`Engine::poll_transmit`].
     pub fn send_queue_len(&self, id: ConnId) -> usize {
         self.held(id).map_or(0, |c| c.send.len())

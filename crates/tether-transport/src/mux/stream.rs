@@ -112,6 +112,19 @@ impl MuxStream {
                 .is_some_and(|e| e.unconsumed_len(self.id) >= STREAMING_UNCONSUMED)
     }
 
+    /// Whether this connection has bytes queued that the peer has credit for: they wait
+    /// only for the link, and a large write waits behind them rather than be copied in
+    /// after them. Without this, connections that once queued (the link was busy) keep
+    /// queueing every write, since a direct write must not overtake queued bytes.
+    fn queued_behind_busy_link(&self) -> bool {
+        let st = self.shared.lock();
+        st.session == self.session
+            && st
+                .engine
+                .as_ref()
+                .is_some_and(|e| e.queued_sendable(self.id))
+    }
+
     /// The result, and whether the engine now owes the link a packet.
     fn with_engine_locked<T>(
         &self,
@@ -191,6 +204,15 @@ impl AsyncWrite for MuxStream {
         let id = self.id;
         let small = data.len() < COALESCE_BELOW;
         let coalesce = small && self.streaming();
+        if !small {
+            // Registered before the check, so a flush that empties the queue meanwhile
+            // still wakes us.
+            self.shared.wait_for_link(cx);
+            if self.queued_behind_busy_link() {
+                self.shared.kick();
+                return Poll::Pending;
+            }
+        }
         if !coalesce {
             // Large writes wait for a busy link rather than be copied into the queue.
             let when_busy = if small {
