@@ -173,7 +173,7 @@ impl Shared {
             Err(_) => {
                 // Registered before the second try, so a holder letting go in between
                 // still finds us to wake.
-                self.wait_for_link(cx);
+                self.wait_for_link(id, cx);
                 match self.output.try_lock() {
                     Ok(g) => g,
                     Err(_) => return Poll::Pending,
@@ -186,7 +186,7 @@ impl Shared {
                 .is_some_and(|out| out.offset != out.batch.bytes)
         {
             // The writer task finishes the batch and wakes us when it is done.
-            self.wait_for_link(cx);
+            self.wait_for_link(id, cx);
             drop(guard);
             self.writer.notify_one();
             return Poll::Pending;

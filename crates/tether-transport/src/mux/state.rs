@@ -100,7 +100,7 @@ pub(crate) struct Shared {
     /// Writers of large buffers waiting for the link's write half to be free and done with
     /// earlier batches (see `Shared::write_direct`). Woken, all of them, whenever a task
     /// lets go of the write half with nothing left to write, and when the session ends.
-    pub link_waiters: Mutex<Vec<Waker>>,
+    pub link_waiters: Mutex<HashMap<ConnId, Waker>>,
 }
 
 impl State {
@@ -138,7 +138,7 @@ impl Shared {
             writer_wakes: Mutex::new(None),
             status: watch::Sender::new(LinkStatus::Handshaking),
             reader_abort: Mutex::new(None),
-            link_waiters: Mutex::new(Vec::new()),
+            link_waiters: Mutex::new(HashMap::new()),
         })
     }
 
@@ -146,17 +146,18 @@ impl Shared {
     pub fn wake_link_waiters(&self) {
         let waiters =
             std::mem::take(&mut *self.link_waiters.lock().unwrap_or_else(|e| e.into_inner()));
-        for w in waiters {
+        for w in waiters.into_values() {
             w.wake();
         }
     }
 
-    /// Adds the caller to the writers waiting for the link, once.
-    pub fn wait_for_link(&self, cx: &Context<'_>) {
-        let mut waiters = self.link_waiters.lock().unwrap_or_else(|e| e.into_inner());
-        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            waiters.push(cx.waker().clone());
-        }
+    /// Adds connection `id`'s writer to those waiting for the link (replacing its earlier
+    /// waker: one writer per connection).
+    pub fn wait_for_link(&self, id: ConnId, cx: &Context<'_>) {
+        self.link_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, cx.waker().clone());
     }
 
     /// Locks the state. A panic while holding the lock is a bug that already took its

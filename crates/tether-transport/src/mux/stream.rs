@@ -207,7 +207,7 @@ impl AsyncWrite for MuxStream {
         if !small {
             // Registered before the check, so a flush that empties the queue meanwhile
             // still wakes us.
-            self.shared.wait_for_link(cx);
+            self.shared.wait_for_link(self.id, cx);
             if self.queued_behind_busy_link() {
                 self.shared.kick();
                 return Poll::Pending;
