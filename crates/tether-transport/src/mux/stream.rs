@@ -206,7 +206,10 @@ impl AsyncWrite for MuxStream {
         let coalesce = small && self.streaming();
         if !small {
             // Registered before the check, so a flush that empties the queue meanwhile
-            // still wakes us.
+            // still wakes us. Listed on every large write, not only before waiting: a
+            // writer then waiting for credit is also woken whenever the link goes idle.
+            // Listed only on the waiting paths, the suite's 1 GiB stalled-reader test hung
+            // in 2 of 20 runs (a wake lost somewhere this listing covers; not found yet).
             self.shared.wait_for_link(self.id, cx);
             if self.queued_behind_busy_link() {
                 self.shared.kick();
