@@ -17,6 +17,21 @@ fn pair() -> (Mux, Mux) {
     )
 }
 
+/// [`pair`] with credit requests put off for an hour, so a packet left unsent by a lost
+/// flush or wake is not rescued by the request timer and shows as a stall.
+fn patient_pair() -> (Mux, Mux) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let ((ar, aw), (br, bw)) = (a.into_split(), b.into_split());
+    let patient = |mut c: MuxConfig| {
+        c.credit_request_delay = Duration::from_secs(3600);
+        c
+    };
+    (
+        Mux::from_halves(ar, aw, patient(MuxConfig::host())),
+        Mux::from_halves(br, bw, patient(MuxConfig::guest(3))),
+    )
+}
+
 /// Deterministic pseudo-random bytes so both ends can check content, not just length.
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -216,14 +231,7 @@ async fn thousand_concurrent_connections_complete() {
 async fn large_writers_sharing_a_busy_link_all_finish() {
     const CONNS: u64 = 40;
     const EACH: usize = 4 << 20;
-    let (a, b) = UnixStream::pair().unwrap();
-    let ((ar, aw), (br, bw)) = (a.into_split(), b.into_split());
-    let patient = |mut c: MuxConfig| {
-        c.credit_request_delay = Duration::from_secs(3600);
-        c
-    };
-    let host = Mux::from_halves(ar, aw, patient(MuxConfig::host()));
-    let guest = Mux::from_halves(br, bw, patient(MuxConfig::guest(3)));
+    let (host, guest) = patient_pair();
     let mut l = guest.listen(7).unwrap();
     // The guest echoes each connection's digest after reading it with pauses, while
     // sending the same amount back in 48 KiB writes.
@@ -483,14 +491,7 @@ async fn mux_over_a_pty_in_raw_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_writes_stream_through_without_stalling() {
     const TOTAL: usize = 256 << 20;
-    let (a, b) = UnixStream::pair().unwrap();
-    let ((ar, aw), (br, bw)) = (a.into_split(), b.into_split());
-    let patient = |mut c: MuxConfig| {
-        c.credit_request_delay = Duration::from_secs(3600);
-        c
-    };
-    let host = Mux::from_halves(ar, aw, patient(MuxConfig::host()));
-    let guest = Mux::from_halves(br, bw, patient(MuxConfig::guest(3)));
+    let (host, guest) = patient_pair();
     let mut l = guest.listen(7).unwrap();
     let mut tx = host.connect(7).await.unwrap();
     let mut rx = l.accept().await.unwrap();

@@ -104,12 +104,7 @@ impl MuxStream {
     /// Whether this connection is streaming: enough of what it wrote is still unread by
     /// the peer that a small write can wait to be joined with the next ones.
     fn streaming(&self) -> bool {
-        let st = self.shared.lock();
-        st.session == self.session
-            && st
-                .engine
-                .as_ref()
-                .is_some_and(|e| e.unconsumed_len(self.id) >= STREAMING_UNCONSUMED)
+        self.engine_says(|e| e.unconsumed_len(self.id) >= STREAMING_UNCONSUMED)
     }
 
     /// Whether this connection has bytes queued that the peer has credit for: they wait
@@ -117,12 +112,13 @@ impl MuxStream {
     /// after them. Without this, connections that once queued (the link was busy) keep
     /// queueing every write, since a direct write must not overtake queued bytes.
     fn queued_behind_busy_link(&self) -> bool {
+        self.engine_says(|e| e.queued_sendable(self.id))
+    }
+
+    /// `ask` of this connection's session's engine; false when the session is gone.
+    fn engine_says(&self, ask: impl FnOnce(&Engine) -> bool) -> bool {
         let st = self.shared.lock();
-        st.session == self.session
-            && st
-                .engine
-                .as_ref()
-                .is_some_and(|e| e.queued_sendable(self.id))
+        st.session == self.session && st.engine.as_ref().is_some_and(ask)
     }
 
     /// The result, and whether the engine now owes the link a packet.
