@@ -93,7 +93,7 @@ impl SendQueue {
                 break;
             }
             let n = front.data.len().min(max - buf.len());
-            buf.extend_from_slice(&front.data[..n]);
+            crate::copy::put(&mut buf, &front.data[..n]);
             front.data.advance(n);
             if front.data.is_empty() {
                 self.chunks.pop_front();
@@ -158,7 +158,7 @@ impl RecvQueue {
     /// Appends a seqpacket fragment; returns true when it completed a message.
     pub fn push_fragment(&mut self, data: &[u8], flags: u32) -> bool {
         self.len += data.len();
-        self.partial.extend_from_slice(data);
+        crate::copy::put(&mut self.partial, data);
         if flags & crate::header::seqpacket::EOM == 0 {
             return false;
         }
@@ -176,7 +176,7 @@ impl RecvQueue {
                 break;
             };
             let n = front.len().min(buf.len() - done);
-            buf[done..done + n].copy_from_slice(&front[..n]);
+            crate::copy::copy(&mut buf[done..done + n], &front[..n]);
             front.advance(n);
             done += n;
             if front.is_empty() {

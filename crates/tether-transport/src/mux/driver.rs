@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tether_vsock::HEADER_LEN;
+use tether_vsock::{copy, HEADER_LEN};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bytes gathered into one vectored write at most.
@@ -259,10 +259,10 @@ impl Shared {
         };
         let partial = written < head.len() + n;
         if partial {
-            // The packet is committed: the rest goes out before anything else.
-            out.batch
-                .push_packet(head, Bytes::copy_from_slice(&data[..n]));
-            out.offset = written;
+            // The packet is committed: its rest goes out before anything else, copied
+            // since the caller's buffer is not ours once we return.
+            out.batch.rest = Some(rest_of_packet(&head, &data[..n], written));
+            out.batch.bytes = head.len() + n - written;
         }
         (Some(Ok(n)), partial)
     }
@@ -379,9 +379,23 @@ pub(crate) async fn write_loop(shared: Arc<Shared>) {
     }
 }
 
+/// What is left of a packet of which the link took only the first `written` bytes.
+fn rest_of_packet(head: &[u8], payload: &[u8], written: usize) -> Bytes {
+    if let Some(from) = written.checked_sub(head.len()) {
+        return copy::to_bytes(&payload[from..]);
+    }
+    let mut rest = Vec::with_capacity(head.len() + payload.len() - written);
+    rest.extend_from_slice(&head[written..]);
+    copy::put(&mut rest, payload);
+    rest.into()
+}
+
 /// One vectored write's worth of packets.
 #[derive(Default)]
 struct Batch {
+    /// The unwritten end of a packet written straight from a caller's buffer: it goes
+    /// before everything else.
+    rest: Option<Bytes>,
     heads: Vec<[u8; HEADER_LEN]>,
     payloads: Vec<Bytes>,
     hello: Option<[u8; HELLO_LEN]>,
@@ -394,6 +408,7 @@ impl Batch {
     }
 
     fn clear(&mut self) {
+        self.rest = None;
         self.heads.clear();
         self.payloads.clear();
         self.hello = None;
@@ -410,6 +425,7 @@ impl Batch {
     /// slices. Whole written packets are skipped by arithmetic, so a link taking a big
     /// batch in many small writes costs no quadratic slice building.
     fn slices_from(&self, mut offset: usize) -> Vec<IoSlice<'_>> {
+        let rest = self.rest.as_ref().map(|r| &r[..]);
         let hello = self.hello.as_ref().map(|h| &h[..]);
         let packets = self
             .heads
@@ -417,7 +433,7 @@ impl Batch {
             .zip(&self.payloads)
             .flat_map(|(h, p)| [&h[..], &p[..]]);
         let mut out = Vec::with_capacity(MAX_IOVECS.min(1 + 2 * self.heads.len()));
-        for part in hello.into_iter().chain(packets) {
+        for part in rest.into_iter().chain(hello).chain(packets) {
             if offset >= part.len() {
                 offset -= part.len();
                 continue;
@@ -522,6 +538,28 @@ mod tests {
                 all[offset..],
                 "offset {offset}"
             );
+        }
+    }
+
+    #[test]
+    fn the_rest_of_a_partly_written_packet_goes_first() {
+        let head = [3u8; HEADER_LEN];
+        let payload: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let whole: Vec<u8> = head.iter().chain(&payload).copied().collect();
+        for written in [1, HEADER_LEN - 1, HEADER_LEN, HEADER_LEN + 1, whole.len() - 1] {
+            let rest = rest_of_packet(&head, &payload, written);
+            assert_eq!(&rest[..], &whole[written..], "written {written}");
+            let mut b = Batch {
+                bytes: rest.len(),
+                rest: Some(rest),
+                ..Batch::default()
+            };
+            b.push_packet([4; HEADER_LEN], Bytes::from_static(b"next"));
+            let sent = flat(&b.slices_from(0));
+            assert_eq!(sent.len(), b.bytes);
+            assert_eq!(&sent[..whole.len() - written], &whole[written..]);
+            b.clear();
+            assert!(b.is_empty() && b.slices_from(0).is_empty());
         }
     }
 }

@@ -27,6 +27,13 @@ const FLAG_ACK: u16 = 1;
 /// own, saving a copy through the shared read buffer.
 const DIRECT_PAYLOAD: usize = 16 * 1024;
 
+/// Large payloads start at a page boundary of their buffer. The kernel copies into them
+/// from page-based buffers (a Unix socket's pages, for one), and a copy whose
+/// destination lies a few bytes past its source within a page is very slow on some x86
+/// CPUs (see [`tether_vsock::copy`]); a payload right after its header, 44 bytes into
+/// a `malloc`ed buffer, often met that case.
+const PAGE: usize = 4096;
+
 /// Idle payload buffers a decoder keeps for reuse.
 const SPARE_PAYLOADS: usize = 8;
 
@@ -107,8 +114,9 @@ pub enum LinkError {
 #[derive(Debug)]
 enum Direct {
     /// After a large packet, with nothing else buffered: the next read goes into a
-    /// payload buffer on the bet that it holds another large packet, header first.
-    Bet(Vec<u8>),
+    /// payload buffer on the bet that it holds another large packet, header first. The
+    /// read lands `pad` bytes in, so that such a packet's payload starts a page.
+    Bet { buf: Vec<u8>, pad: usize },
     /// A large packet whose payload is arriving; it starts `start` bytes into `buf`
     /// (past the header when the header came in on a bet).
     Payload {
@@ -131,7 +139,8 @@ pub struct Decoder {
     direct: Option<Direct>,
     /// The last packet was large: bet that the next one is too.
     expect_large: bool,
-    /// Buffers of a header plus `max_payload` bytes, for payloads of at least half that.
+    /// Buffers of a header plus `max_payload` bytes, and room to align the payload, for
+    /// payloads of at least half that.
     payloads: Pool,
     synced: bool,
     max_payload: u32,
@@ -146,7 +155,7 @@ impl Decoder {
             buf: BytesMut::with_capacity(256 * 1024),
             direct: None,
             expect_large: false,
-            payloads: Pool::new(HEADER_LEN + max_payload as usize, SPARE_PAYLOADS),
+            payloads: Pool::new(HEADER_LEN + max_payload as usize + PAGE, SPARE_PAYLOADS),
             synced: false,
             max_payload,
             skipped: 0,
@@ -164,11 +173,13 @@ impl Decoder {
     /// [`Decoder::next_frame`] after each read. `None` means read into the buffer.
     pub fn direct_payload(&mut self) -> Option<Limit<&mut Vec<u8>>> {
         if self.direct.is_none() && self.expect_large && self.synced && self.buf.is_empty() {
-            self.direct = Some(Direct::Bet(self.payloads.take()));
+            let (buf, pad) = self.aligned(HEADER_LEN);
+            self.direct = Some(Direct::Bet { buf, pad });
         }
+        let packet = HEADER_LEN + self.max_payload as usize;
         match self.direct.as_mut()? {
-            Direct::Bet(buf) => {
-                let room = buf.capacity() - buf.len();
+            Direct::Bet { buf, pad } => {
+                let room = *pad + packet - buf.len();
                 Some(buf.limit(room))
             }
             Direct::Payload { hdr, buf, start } => {
@@ -193,9 +204,10 @@ impl Decoder {
     pub fn resync(&mut self) {
         self.synced = false;
         self.expect_large = false;
-        if let Some(Direct::Bet(bytes)) = self.direct.take() {
+        if let Some(Direct::Bet { buf, pad }) = self.direct.take() {
             // Not yet decoded: scanned like any other bytes.
-            self.buf.extend_from_slice(&bytes);
+            self.buf.extend_from_slice(&buf[pad..]);
+            self.payloads.put(buf);
         }
     }
 
@@ -204,7 +216,7 @@ impl Decoder {
     /// An error leaves the decoder scanning for a hello, skipping the bad bytes.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, LinkError> {
         match self.direct.take() {
-            Some(Direct::Bet(bet)) => return self.settle_bet(bet),
+            Some(Direct::Bet { buf, pad }) => return self.settle_bet(buf, pad),
             Some(payload) => {
                 self.direct = Some(payload);
                 return Ok(self.finish_payload());
@@ -222,25 +234,26 @@ impl Decoder {
 
     /// Decides a bet once bytes came: a large packet's payload stays where it landed;
     /// anything else moves to the shared buffer and is decoded from there.
-    fn settle_bet(&mut self, bet: Vec<u8>) -> Result<Option<Frame>, LinkError> {
-        if bet.is_empty() {
-            self.direct = Some(Direct::Bet(bet));
+    fn settle_bet(&mut self, bet: Vec<u8>, pad: usize) -> Result<Option<Frame>, LinkError> {
+        let got = &bet[pad..];
+        if got.is_empty() {
+            self.direct = Some(Direct::Bet { buf: bet, pad });
             return Ok(None);
         }
-        let large = (bet.len() >= HEADER_LEN && bet[..MAGIC.len()] != MAGIC)
-            .then(|| Header::decode(&bet).ok())
+        let large = (got.len() >= HEADER_LEN && got[..MAGIC.len()] != MAGIC)
+            .then(|| Header::decode(got).ok())
             .flatten()
             .filter(|h| h.len as usize >= DIRECT_PAYLOAD && h.len <= self.max_payload);
         let Some(hdr) = large else {
             self.expect_large = false;
-            self.buf.extend_from_slice(&bet);
+            self.buf.extend_from_slice(got);
             self.payloads.put(bet);
             return self.next_frame();
         };
         self.direct = Some(Direct::Payload {
             hdr,
             buf: bet,
-            start: HEADER_LEN,
+            start: pad + HEADER_LEN,
         });
         Ok(self.finish_payload())
     }
@@ -279,8 +292,8 @@ impl Decoder {
         self.expect_large = len >= DIRECT_PAYLOAD;
         if self.expect_large {
             self.buf.advance(HEADER_LEN);
-            let buf = self.payload_buffer(len);
-            self.direct = Some(Direct::Payload { hdr, buf, start: 0 });
+            let (buf, start) = self.payload_buffer(len);
+            self.direct = Some(Direct::Payload { hdr, buf, start });
             return Ok(self.finish_payload());
         }
         if self.buf.len() < HEADER_LEN + len {
@@ -288,19 +301,29 @@ impl Decoder {
             return Ok(None);
         }
         self.buf.advance(HEADER_LEN);
-        let payload = Bytes::copy_from_slice(&self.buf[..len]);
+        let payload = tether_vsock::copy::to_bytes(&self.buf[..len]);
         self.buf.advance(len);
         Ok(Some(Frame::Packet(hdr, payload)))
     }
 
-    /// An empty buffer for a payload of `len` bytes: a pooled one when `len` is at least
-    /// half the pool's size (so a pooled buffer never holds more than twice its payload).
-    fn payload_buffer(&self, len: usize) -> Vec<u8> {
+    /// A buffer for a payload of `len` bytes and where in it the payload starts: a pooled
+    /// one when `len` is at least half the pool's size (so a pooled buffer never holds
+    /// more than twice its payload).
+    fn payload_buffer(&self, len: usize) -> (Vec<u8>, usize) {
         if len * 2 >= self.payloads.size() {
-            self.payloads.take()
+            self.aligned(0)
         } else {
-            Vec::with_capacity(len)
+            (Vec::with_capacity(len), 0)
         }
+    }
+
+    /// A pooled buffer filled with `pad` bytes, so that a read of `lead` more bytes ends
+    /// at a page boundary; and `pad`.
+    fn aligned(&self, lead: usize) -> (Vec<u8>, usize) {
+        let mut buf = self.payloads.take();
+        let pad = (PAGE - (buf.as_ptr() as usize + lead) % PAGE) % PAGE;
+        buf.resize(pad, 0);
+        (buf, pad)
     }
 
     /// Moves buffered bytes into the arriving payload, hands bytes read past its end
@@ -318,7 +341,7 @@ impl Decoder {
             buf.truncate(end);
         }
         let n = (end - buf.len()).min(self.buf.len());
-        buf.extend_from_slice(&self.buf[..n]);
+        tether_vsock::copy::put(buf, &self.buf[..n]);
         self.buf.advance(n);
         if buf.len() < end {
             return None;
@@ -452,6 +475,7 @@ mod tests {
                 };
                 assert_eq!(hdr.len, 40_000);
                 assert!(payload.iter().enumerate().all(|(i, &b)| b == i as u8));
+                assert_eq!(payload.as_ptr() as usize % PAGE, 0, "starts a page");
                 break;
             }
         }
@@ -505,6 +529,7 @@ mod tests {
             };
             assert_eq!((hdr.len, payload.len()), (65536, 65536));
             assert!(payload.iter().enumerate().all(|(i, &b)| b == i as u8));
+            assert_eq!(payload.as_ptr() as usize % PAGE, 0, "starts a page");
         }
         // The hello and the first packet's header come through the shared buffer; every
         // later packet lands in its own buffer, header and all.
