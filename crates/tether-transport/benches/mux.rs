@@ -4,10 +4,15 @@
 //! every transfer and round-trip count 16x for a smoke run. Everything runs on a tokio
 //! multi-thread runtime with 2 workers, over `UnixStream::pair()`:
 //!
-//! - throughput: one direction, 1 connection or 100 concurrent ones (100 socketpairs for
-//!   raw, one link carrying 100 streams for tether and yamux), 4 KiB or 64 KiB writes, the
-//!   receiver reading with a 64 KiB buffer; each connection's received byte count is checked;
-//!   each cell is the median of 5 runs of 1 GiB;
+//! - throughput: one direction, 1 connection or 100 concurrent ones (one link carrying 100
+//!   streams for tether and yamux), 4 KiB or 64 KiB writes, the receiver reading with a
+//!   64 KiB buffer; each connection's received byte count is checked. "raw" is one
+//!   socketpair moving the cell's bytes with one writer and one reader: what the link
+//!   itself carries. For 100 connections the table also shows 100 socketpairs in
+//!   parallel, which no multiplexer over one link can match. Each cell runs 5 rounds of
+//!   1 GiB per transport, the transports taking turns within a round so that the
+//!   machine's slow and fast phases fall on all of them; the table shows the median
+//!   MiB/s and the median (and range) of the per-round ratios;
 //! - latency: a 1-byte ping-pong on one connection, p50 and p99.
 //!
 //! yamux runs with its `Config` defaults except for the receive window: its streams start
@@ -54,14 +59,25 @@ const YAMUX_MAX_STREAMS: usize = 512;
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Transport {
+    /// One socketpair, whatever the connection count.
     Raw,
+    /// A socketpair per connection (throughput with 100 connections only).
+    RawEach,
     Tether,
     Yamux,
 }
 
-const TRANSPORTS: [Transport; 3] = [Transport::Raw, Transport::Tether, Transport::Yamux];
+const TRANSPORTS: [Transport; 4] = [
+    Transport::Raw,
+    Transport::RawEach,
+    Transport::Tether,
+    Transport::Yamux,
+];
+
+/// The transports of the ping-pong, where one connection is one socketpair anyway.
+const LATENCY_TRANSPORTS: [Transport; 3] = [Transport::Raw, Transport::Tether, Transport::Yamux];
 
 /// Sizes of one run.
 struct Plan {
@@ -96,7 +112,7 @@ impl Plan {
     /// Whether transport `t` is measured: all of them unless the list names some.
     fn measures(&self, t: Transport) -> bool {
         let name = format!("{t:?}").to_lowercase();
-        let names = ["raw", "tether", "yamux"];
+        let names = ["raw", "raweach", "tether", "yamux"];
         match &self.cells {
             Some(c) if c.iter().any(|n| names.contains(&n.as_str())) => c.contains(&name),
             _ => true,
@@ -123,18 +139,11 @@ async fn run(plan: &Plan) {
             if !plan.runs(&format!("{conns}x{}", write_size / KIB)) {
                 continue;
             }
-            let mut mib_s = [0.0; 3];
-            for (i, t) in TRANSPORTS.into_iter().enumerate() {
-                if !plan.measures(t) {
-                    continue;
-                }
-                mib_s[i] = median_throughput(t, conns, write_size, plan.cell_bytes).await;
-            }
-            rows.push((conns, write_size, mib_s));
+            rows.push(cell(plan, conns, write_size).await);
         }
     }
     let mut latencies = Vec::new();
-    for t in TRANSPORTS
+    for t in LATENCY_TRANSPORTS
         .into_iter()
         .filter(|&t| plan.runs("latency") && plan.measures(t))
     {
@@ -294,27 +303,75 @@ async fn drive_yamux(
 
 // ---- throughput ----------------------------------------------------------------------
 
-/// The median MiB/s of [`REPEATS`] runs of [`throughput`].
-async fn median_throughput(t: Transport, conns: usize, write_size: usize, cell_bytes: u64) -> f64 {
-    let mut runs = Vec::with_capacity(REPEATS);
-    for _ in 0..REPEATS {
-        runs.push(throughput(t, conns, write_size, cell_bytes).await);
+/// One throughput cell: MiB/s of every round, per transport (empty when not measured).
+struct Cell {
+    conns: usize,
+    write_size: usize,
+    mib_s: [Vec<f64>; 4],
+}
+
+impl Cell {
+    fn runs(&self, t: Transport) -> &[f64] {
+        &self.mib_s[TRANSPORTS.iter().position(|&x| x == t).expect("listed")]
     }
-    runs.sort_by(f64::total_cmp);
-    let runs_text: Vec<String> = runs.iter().map(|r| format!("{r:.0}")).collect();
-    eprintln!(
-        "{conns} conn, {} KiB writes, {t:?}: {} MiB/s",
-        write_size / KIB,
-        runs_text.join(" / ")
-    );
-    runs[runs.len() / 2]
+
+    fn median(&self, t: Transport) -> Option<f64> {
+        median(self.runs(t).to_vec())
+    }
+
+    /// The median and range of `a`'s MiB/s over `b`'s, round by round.
+    fn ratio(&self, a: Transport, b: Transport) -> Option<(f64, f64, f64)> {
+        let ratios: Vec<f64> = self
+            .runs(a)
+            .iter()
+            .zip(self.runs(b))
+            .map(|(x, y)| x / y)
+            .collect();
+        let lo = ratios.iter().copied().reduce(f64::min)?;
+        let hi = ratios.iter().copied().reduce(f64::max)?;
+        Some((median(ratios)?, lo, hi))
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
+/// [`REPEATS`] rounds of [`throughput`], every measured transport once per round.
+async fn cell(plan: &Plan, conns: usize, write_size: usize) -> Cell {
+    let mut cell = Cell {
+        conns,
+        write_size,
+        mib_s: Default::default(),
+    };
+    for _ in 0..REPEATS {
+        for (i, t) in TRANSPORTS.into_iter().enumerate() {
+            if plan.measures(t) && (conns > 1 || t != Transport::RawEach) {
+                let mib_s = throughput(t, conns, write_size, plan.cell_bytes).await;
+                cell.mib_s[i].push(mib_s);
+            }
+        }
+    }
+    for t in TRANSPORTS {
+        let runs: Vec<String> = cell.runs(t).iter().map(|r| format!("{r:.0}")).collect();
+        if !runs.is_empty() {
+            eprintln!(
+                "{conns} conn, {} KiB writes, {t:?}: {} MiB/s",
+                write_size / KIB,
+                runs.join(" / ")
+            );
+        }
+    }
+    cell
 }
 
 /// MiB/s of `cell_bytes` sent over `conns` connections of `t` in `write_size` writes.
 async fn throughput(t: Transport, conns: usize, write_size: usize, cell_bytes: u64) -> f64 {
     let per_conn = cell_bytes / conns as u64;
     let elapsed = match t {
-        Transport::Raw => transfer(raw_pairs(conns), write_size, per_conn).await,
+        Transport::Raw => transfer(raw_pairs(1), write_size, cell_bytes).await,
+        Transport::RawEach => transfer(raw_pairs(conns), write_size, per_conn).await,
         Transport::Tether => transfer(tether_pairs(conns).await, write_size, per_conn).await,
         Transport::Yamux => {
             let (pairs, _drivers) = yamux_pairs(conns).await;
@@ -387,7 +444,7 @@ struct Latency {
 
 async fn latency(t: Transport, plan: &Plan) -> Latency {
     let samples = match t {
-        Transport::Raw => {
+        Transport::Raw | Transport::RawEach => {
             let (a, b) = raw_pairs(1).pop().expect("one pair");
             ping_pong(a, b, plan).await
         }
@@ -451,21 +508,35 @@ fn percentiles(mut samples: Vec<Duration>) -> Latency {
 
 // ---- report --------------------------------------------------------------------------
 
-fn print_throughput(plan: &Plan, rows: &[(usize, usize, [f64; 3])]) {
+fn print_throughput(plan: &Plan, cells: &[Cell]) {
     println!(
-        "Throughput, one direction over a Unix socketpair, tokio with 2 workers: median of \
-         {REPEATS} runs of {} MiB each (split over the connections), 64 KiB reads.\n",
+        "Throughput, one direction over a Unix socketpair, tokio with 2 workers: {REPEATS} \
+         rounds of {} MiB per transport (split over the connections), transports taking \
+         turns, 64 KiB reads. MiB/s are medians; ratios are the median (range) of the \
+         rounds' ratios. raw: one socketpair, one writer; 100 pairs: a socketpair per \
+         connection.\n",
         plan.cell_bytes >> 20
     );
-    println!("| case | raw MiB/s | tether MiB/s | yamux MiB/s | tether/raw | tether/yamux |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for &(conns, write_size, [raw, tether, yamux]) in rows {
-        let plural = if conns == 1 { "" } else { "s" };
+    println!(
+        "| case | raw MiB/s | 100 pairs MiB/s | tether MiB/s | yamux MiB/s | tether/raw | tether/yamux |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mib_s = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.0}"));
+    let ratio = |r: Option<(f64, f64, f64)>| {
+        r.map_or("-".into(), |(m, lo, hi)| format!("{m:.2} ({lo:.2}–{hi:.2})"))
+    };
+    for c in cells {
+        let plural = if c.conns == 1 { "" } else { "s" };
         println!(
-            "| {conns} conn{plural}, {} KiB writes | {raw:.0} | {tether:.0} | {yamux:.0} | {:.2} | {:.2} |",
-            write_size / KIB,
-            tether / raw,
-            tether / yamux,
+            "| {} conn{plural}, {} KiB writes | {} | {} | {} | {} | {} | {} |",
+            c.conns,
+            c.write_size / KIB,
+            mib_s(c.median(Transport::Raw)),
+            mib_s(c.median(Transport::RawEach)),
+            mib_s(c.median(Transport::Tether)),
+            mib_s(c.median(Transport::Yamux)),
+            ratio(c.ratio(Transport::Tether, Transport::Raw)),
+            ratio(c.ratio(Transport::Tether, Transport::Yamux)),
         );
     }
     println!();
