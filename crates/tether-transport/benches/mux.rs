@@ -523,7 +523,9 @@ fn print_throughput(plan: &Plan, cells: &[Cell]) {
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let mib_s = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.0}"));
     let ratio = |r: Option<(f64, f64, f64)>| {
-        r.map_or("-".into(), |(m, lo, hi)| format!("{m:.2} ({lo:.2}–{hi:.2})"))
+        r.map_or("-".into(), |(m, lo, hi)| {
+            format!("{m:.2} ({lo:.2}–{hi:.2})")
+        })
     };
     for c in cells {
         let plural = if c.conns == 1 { "" } else { "s" };

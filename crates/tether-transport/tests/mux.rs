@@ -223,6 +223,35 @@ async fn thousand_concurrent_connections_complete() {
     server.await.unwrap();
 }
 
+/// A large write to a peer that reads nothing waits once the peer's buffer is full, as a
+/// socket writer waits for room: nothing past the peer's credit is copied into the send
+/// queue (that would let it run `send_buf` further). Once the peer reads, it goes on.
+#[tokio::test]
+async fn large_writes_wait_for_credit_instead_of_queueing() {
+    let (host, guest) = pair();
+    let mut l = guest.listen(7).unwrap();
+    let mut tx = host.connect(7).await.unwrap();
+    let mut rx = l.accept().await.unwrap();
+    let chunk = vec![7u8; 64 * 1024];
+    let mut written = 0;
+    while let Ok(n) = tokio::time::timeout(Duration::from_millis(300), tx.write(&chunk)).await {
+        written += n.unwrap();
+        assert!(written <= 4 << 20, "the writer was never held back");
+    }
+    assert_eq!(written, MuxConfig::guest(3).buf_alloc as usize);
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        rx.read_to_end(&mut got).await.unwrap();
+        got
+    });
+    let more = vec![7u8; 1 << 20];
+    tx.write_all(&more).await.unwrap();
+    tx.shutdown().await.unwrap();
+    let got = reader.await.unwrap();
+    assert_eq!(got.len(), written + more.len());
+    assert!(got.iter().all(|&b| b == 7));
+}
+
 /// Many connections writing large buffers at once over one link, both ways, with readers
 /// that pause: large writes wait for the busy link instead of queueing a copy, and every
 /// waiter must be woken. Credit requests are put off for an hour, so a lost wake shows as

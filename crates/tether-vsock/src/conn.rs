@@ -80,6 +80,9 @@ pub(crate) struct Conn {
     pub released: bool,
     /// A send was cut short; tell the application when room appears.
     pub write_blocked: bool,
+    /// A writer waits outside the send queue for credit or for queued bytes to leave
+    /// (see `Engine::wait_writable`).
+    pub direct_waiting: bool,
     /// We asked for credit (or will, at `credit_request_at`) and have not seen the
     /// peer's `fwd_cnt` move since.
     pub credit_requested: bool,
@@ -112,11 +115,19 @@ impl Conn {
             deadline: None,
             released: false,
             write_blocked: false,
+            direct_waiting: false,
             credit_requested: false,
             credit_request_at: None,
             in_ctrl_queue: false,
             in_data_queue: false,
         }
+    }
+
+    /// Whether a writer waiting outside the send queue is short of credit: nothing is
+    /// queued that would make the engine ask for credit by itself.
+    pub fn direct_starved(&self, min_packet: u32) -> bool {
+        let useful = min_packet.min(self.tx.peer_buf_alloc / 4).max(1);
+        self.direct_waiting && self.send.is_empty() && self.tx.available() < useful
     }
 
     /// Whether packets may still be exchanged in the data phase.

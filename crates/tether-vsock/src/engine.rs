@@ -449,6 +449,24 @@ impl Engine {
         Ok(Some((self.header_for(id, Op::Rw, 0, n), n as usize)))
     }
 
+    /// Registers a writer that [`Engine::send_now`] turned away and that waits instead of
+    /// copying its bytes into the send queue, as a socket writer waits for room:
+    /// [`Event::Writable`] follows once the peer's credit moves or queued bytes leave.
+    /// A writer short of credit asks for it after [`Config::credit_request_delay`], as
+    /// queued bytes do, so an update that never comes cannot leave it waiting for ever.
+    pub fn wait_writable(&mut self, id: ConnId) -> Result<(), StreamError> {
+        self.send_room(id, SocketType::Stream)?;
+        let min_packet = self.config.min_packet();
+        let conn = self.held_mut(id).ok_or(StreamError::UnknownConnection)?;
+        conn.write_blocked = true;
+        conn.direct_waiting = true;
+        if conn.direct_starved(min_packet) && !conn.credit_requested {
+            conn.credit_requested = true;
+            self.arm_credit_request(id);
+        }
+        Ok(())
+    }
+
     /// Queues one seqpacket message, whole or not at all. Before the peer accepts, this
     /// is [`StreamError::WouldBlock`] (the peer's buffer size, which bounds a message, is
     /// not known yet) and [`Event::Writable`] follows [`Event::Connected`].
@@ -638,7 +656,9 @@ impl Engine {
                 continue;
             }
             conn.credit_request_at = None;
-            if conn.sendable(max_payload, min_packet).is_none() && !conn.send.is_empty() {
+            let queued_starved =
+                conn.sendable(max_payload, min_packet).is_none() && !conn.send.is_empty();
+            if queued_starved || conn.direct_starved(min_packet) {
                 self.owe(id, owed::CREDIT_REQUEST);
             }
         }
@@ -690,8 +710,15 @@ impl Engine {
             // does not start a CREDIT_REQUEST / CREDIT_UPDATE ping-pong.
             if conn.tx != before {
                 conn.credit_requested = false;
+                let waiting = std::mem::take(&mut conn.direct_waiting);
+                if waiting {
+                    conn.write_blocked = false;
+                }
                 if let Some(at) = conn.credit_request_at.take() {
                     self.credit_timers.remove(&(at, id));
+                }
+                if waiting {
+                    self.events.push_back(Event::Writable(id));
                 }
             }
         }
@@ -961,6 +988,7 @@ impl Engine {
         conn.tx.consume(piece.data.len() as u32);
         if conn.write_blocked && !conn.released && (conn.send.len() as u32) < send_buf {
             conn.write_blocked = false;
+            conn.direct_waiting = false;
             self.events.push_back(Event::Writable(id));
         }
         let len = piece.data.len() as u32;

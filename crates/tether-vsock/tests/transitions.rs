@@ -719,6 +719,88 @@ fn credit_request_is_sent_once_when_starved_after_the_delay() {
 }
 
 #[test]
+fn a_direct_writer_short_of_credit_is_told_when_credit_comes() {
+    let now = Instant::now();
+    let (mut host, id, local) = connected(now, 8192, |_| {});
+    let (hdr, n) = host
+        .send_now(id, 65536)
+        .unwrap()
+        .expect("credit for a first piece");
+    assert_eq!((hdr.len, n), (8192, 8192));
+    assert_eq!(host.send_now(id, 65536), Ok(None), "no credit left");
+    host.wait_writable(id).unwrap();
+    assert!(events(&mut host).is_empty());
+    assert!(drain(&mut host, u32::MAX).is_empty(), "nothing was queued");
+    let update = Header {
+        buf_alloc: 8192,
+        fwd_cnt: 8192,
+        ..from_peer(1024, local, Op::CreditUpdate, STREAM)
+    };
+    feed(&mut host, now + MS, update, &[]);
+    assert_eq!(events(&mut host), [Event::Writable(id)]);
+    assert_eq!(
+        host.send_now(id, 65536).unwrap().map(|(_, n)| n),
+        Some(8192)
+    );
+    // Told once per wait: a second update with nobody waiting says nothing.
+    let update = Header {
+        fwd_cnt: 16384,
+        ..update
+    };
+    feed(&mut host, now + 2 * MS, update, &[]);
+    assert!(events(&mut host).is_empty());
+}
+
+#[test]
+fn a_direct_writer_never_granted_credit_asks_for_it_after_the_delay() {
+    let now = Instant::now();
+    let (mut host, id, local) = connected(now, 4096, |_| {});
+    let delay = host.config().credit_request_delay;
+    assert!(host.send_now(id, 4096).unwrap().is_some());
+    drain(&mut host, u32::MAX);
+    assert_eq!(host.send_now(id, 4096), Ok(None));
+    host.wait_writable(id).unwrap();
+    assert_eq!(host.poll_timeout(), Some(now + delay));
+    host.handle_timeout(now + delay);
+    assert_eq!(ops(&drain(&mut host, u32::MAX)), [Op::CreditRequest]);
+    host.wait_writable(id).unwrap();
+    host.handle_timeout(now + 10 * delay);
+    assert!(drain(&mut host, u32::MAX).is_empty(), "asked twice");
+    let update = Header {
+        buf_alloc: 4096,
+        fwd_cnt: 4096,
+        ..from_peer(1024, local, Op::CreditUpdate, STREAM)
+    };
+    feed(&mut host, now + 10 * delay, update, &[]);
+    assert_eq!(events(&mut host), [Event::Writable(id)]);
+}
+
+#[test]
+fn a_direct_writer_behind_queued_bytes_is_told_when_they_leave() {
+    let now = Instant::now();
+    let (mut host, id, _) = connected(now, 256 * 1024, |_| {});
+    assert_eq!(host.send(id, &[1; 1000]), Ok(1000));
+    assert_eq!(host.send_now(id, 65536), Ok(None), "queued bytes go first");
+    host.wait_writable(id).unwrap();
+    assert_eq!(
+        host.poll_timeout(),
+        None,
+        "not short of credit: nothing to ask"
+    );
+    assert_eq!(rw_lens(&drain(&mut host, u32::MAX)), [1000]);
+    assert_eq!(events(&mut host), [Event::Writable(id)]);
+    assert!(host.send_now(id, 65536).unwrap().is_some());
+}
+
+#[test]
+fn waiting_to_write_on_a_closed_connection_is_an_error() {
+    let now = Instant::now();
+    let (mut host, id, _) = connected(now, 4096, |_| {});
+    host.shutdown(id, tether_vsock::Shutdown::Write).unwrap();
+    assert!(host.wait_writable(id).is_err());
+}
+
+#[test]
 fn credit_announced_by_the_peer_in_time_cancels_the_request() {
     let now = Instant::now();
     let (mut host, id, local) = connected(now, 4096, |_| {});

@@ -154,10 +154,10 @@ impl Shared {
     /// does not take at once. `Ready(None)` means the fast path does not apply: queue
     /// instead.
     ///
-    /// When another task is writing, or an earlier batch is still going out, `when_busy`
-    /// decides: [`WhenBusy::Queue`] gives up (`Ready(None)`); [`WhenBusy::Wait`] waits
-    /// for the link like a socket writer would (`Pending`), which saves a large write its
-    /// copy into the send queue when many connections share a busy link.
+    /// When another task is writing, an earlier batch is still going out, the peer is
+    /// short of credit or bytes are queued ahead, `when_busy` decides: [`WhenBusy::Queue`]
+    /// gives up (`Ready(None)`); [`WhenBusy::Wait`] waits like a socket writer would
+    /// (`Pending`), which saves a large write its copy into the send queue.
     pub fn write_direct(
         self: &Arc<Self>,
         cx: &mut Context<'_>,
@@ -191,11 +191,17 @@ impl Shared {
             self.writer.notify_one();
             return Poll::Pending;
         }
-        let (written, left_batch) = self.write_direct_locked(&mut guard, cx, session, id, data);
+        let (written, left_batch) =
+            self.write_direct_locked(&mut guard, cx, session, id, data, wait);
         let backlogged = guard
             .as_ref()
             .is_some_and(|out| out.offset != out.batch.bytes);
         drop(guard);
+        if written.is_pending() {
+            // The engine wakes us once writable; the link going idle must not, or the
+            // wake below would spin us until the credit comes.
+            self.stop_waiting_for_link(id);
+        }
         // A batch left half written, and packets left to us by a task that found the
         // link busy meanwhile (see flush_link), go now, whatever became of ours. Either
         // way, writers who found the link busy while we held it are woken by whoever
@@ -205,7 +211,12 @@ impl Shared {
         } else if !backlogged {
             self.wake_link_waiters();
         }
-        Poll::Ready(written)
+        if wait && left_batch && matches!(written, Poll::Ready(None)) {
+            // Others' packets went first; try again rather than queue a copy.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        written
     }
 
     /// The body of [`Shared::write_direct`], with the link's write half held; also says
@@ -217,34 +228,31 @@ impl Shared {
         session: u64,
         id: tether_vsock::ConnId,
         data: &[u8],
-    ) -> (Option<std::io::Result<usize>>, bool) {
+        wait: bool,
+    ) -> (Poll<Option<std::io::Result<usize>>>, bool) {
         let Some(out) = guard.as_mut() else {
-            return (None, false);
+            return (Poll::Ready(None), false);
         };
         if out.offset != out.batch.bytes {
             // The link pushed back on an earlier batch; its writer finishes it.
-            return (None, false);
+            return (Poll::Ready(None), false);
         }
         out.batch.clear();
         out.offset = 0;
         // Whatever else is owed goes first, written by the caller's flush: the engine no
         // longer holds it, so a flush after queueing would not find it.
         if fill(self, &mut out.batch).is_err() {
-            return (None, false);
+            return (Poll::Ready(None), false);
         }
         if !out.batch.is_empty() {
-            return (None, true);
+            return (Poll::Ready(None), true);
         }
-        let sent = {
-            let mut st = self.lock();
-            let current = st.session == session;
-            match st.engine.as_mut() {
-                Some(engine) if current => engine.send_now(id, data.len()),
-                _ => Ok(None),
-            }
+        let sent = match self.send_now(cx, session, id, data.len(), wait) {
+            Poll::Pending => return (Poll::Pending, false),
+            Poll::Ready(sent) => sent,
         };
-        let Ok(Some((hdr, n))) = sent else {
-            return (None, false);
+        let Some((hdr, n)) = sent else {
+            return (Poll::Ready(None), false);
         };
         let head = hdr.encode();
         let slices = [IoSlice::new(&head), IoSlice::new(&data[..n])];
@@ -254,7 +262,7 @@ impl Shared {
             Poll::Ready(Err(e)) => {
                 self.link_failed(&format!("writing the link failed: {e}"));
                 let err = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e);
-                return (Some(Err(err)), false);
+                return (Poll::Ready(Some(Err(err))), false);
             }
         };
         let partial = written < head.len() + n;
@@ -264,7 +272,38 @@ impl Shared {
             out.batch.rest = Some(rest_of_packet(&head, &data[..n], written));
             out.batch.bytes = head.len() + n - written;
         }
-        (Some(Ok(n)), partial)
+        (Poll::Ready(Some(Ok(n))), partial)
+    }
+
+    /// Asks the engine for an RW header for up to `len` bytes of connection `id`.
+    /// `Ready(None)` means queue instead (or let [`tether_vsock::Engine::send`] report the
+    /// connection's error). A waiting writer the engine turns away (short of credit, or
+    /// with bytes queued ahead) is `Pending` until the engine says it is writable.
+    fn send_now(
+        &self,
+        cx: &Context<'_>,
+        session: u64,
+        id: tether_vsock::ConnId,
+        len: usize,
+        wait: bool,
+    ) -> Poll<Option<(tether_vsock::Header, usize)>> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let Some(engine) = st.engine.as_mut().filter(|_| st.session == session) else {
+            return Poll::Ready(None);
+        };
+        match engine.send_now(id, len) {
+            Ok(Some(sent)) => Poll::Ready(Some(sent)),
+            Ok(None) if wait && engine.wait_writable(id).is_ok() => {
+                // Parked under the same lock as the engine's answer, so the credit that
+                // ends the wait cannot slip in between.
+                if let Some(slot) = st.slots.get_mut(&id) {
+                    slot.write = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            _ => Poll::Ready(None),
+        }
     }
 
     /// Leaves writing to the writer task: for callers with no task context, or holding
@@ -546,7 +585,13 @@ mod tests {
         let head = [3u8; HEADER_LEN];
         let payload: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
         let whole: Vec<u8> = head.iter().chain(&payload).copied().collect();
-        for written in [1, HEADER_LEN - 1, HEADER_LEN, HEADER_LEN + 1, whole.len() - 1] {
+        for written in [
+            1,
+            HEADER_LEN - 1,
+            HEADER_LEN,
+            HEADER_LEN + 1,
+            whole.len() - 1,
+        ] {
             let rest = rest_of_packet(&head, &payload, written);
             assert_eq!(&rest[..], &whole[written..], "written {written}");
             let mut b = Batch {

@@ -160,6 +160,14 @@ impl Shared {
             .insert(id, cx.waker().clone());
     }
 
+    /// Takes connection `id`'s writer off the list [`Shared::wait_for_link`] keeps.
+    pub fn stop_waiting_for_link(&self, id: ConnId) {
+        self.link_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
     /// Locks the state. A panic while holding the lock is a bug that already took its
     /// task down; the state itself stays consistent between calls, so keep serving.
     pub fn lock(&self) -> MutexGuard<'_, State> {

@@ -182,10 +182,13 @@ impl Harness {
                 if let Some(id) = self.pick_id(input) {
                     let len = usize::from(input.u16() % 20_000);
                     let data = input.payload(len);
-                    let _ = if input.bool() {
-                        self.engine.send(id, &data)
-                    } else {
-                        self.engine.send_bytes(id, data)
+                    let _ = match input.u8() % 3 {
+                        0 => self.engine.send(id, &data),
+                        1 => self.engine.send_bytes(id, data),
+                        _ => {
+                            self.send_direct(id, data);
+                            Ok(0)
+                        }
                     };
                 }
             }
@@ -439,6 +442,24 @@ impl Harness {
     }
 
     /// Takes one packet; returns whether there was one.
+    /// A write straight to the wire, as the mux makes one, or a wait for the engine to
+    /// say the connection is writable.
+    fn send_direct(&mut self, id: ConnId, data: Bytes) {
+        match self.engine.send_now(id, data.len()) {
+            Ok(Some((header, n))) => {
+                let t = Transmit {
+                    header,
+                    payload: data.slice(..n),
+                };
+                self.check_emitted(&t, u32::MAX);
+            }
+            Ok(None) => {
+                let _ = self.engine.wait_writable(id);
+            }
+            Err(_) => {}
+        }
+    }
+
     fn poll(&mut self, limit: u32) -> bool {
         let Some(t) = self.engine.poll_transmit(limit) else {
             return false;
