@@ -86,8 +86,10 @@ impl Shared {
             self.flush_wanted.store(false, Ordering::SeqCst);
             let flushed = self.flush_locked(&mut guard, cx, writer_task);
             drop(guard);
-            if matches!(flushed, Flush::Idle(_) | Flush::Closed) {
-                self.wake_link_waiters();
+            match flushed {
+                Flush::Idle(_) => self.hand_over_link(),
+                Flush::Closed => self.wake_all_link_waiters(),
+                Flush::Blocked | Flush::Busy => {}
             }
             let again = matches!(flushed, Flush::Idle(_) | Flush::Busy)
                 && self.flush_wanted.load(Ordering::SeqCst);
@@ -101,7 +103,7 @@ impl Shared {
     }
 
     /// Wakes the writer task when a timer is due before it next wakes by itself.
-    fn tell_writer_about(&self, deadline: Instant) {
+    pub(crate) fn tell_writer_about(&self, deadline: Instant) {
         let sleeping_until = *self.writer_wakes.lock().unwrap_or_else(|e| e.into_inner());
         if sleeping_until.is_none_or(|t| deadline < t) {
             self.writer.notify_one();
@@ -175,7 +177,10 @@ impl Shared {
                 // still finds us to wake.
                 self.wait_for_link(id, cx);
                 match self.output.try_lock() {
-                    Ok(g) => g,
+                    Ok(g) => {
+                        self.stop_waiting_for_link(id);
+                        g
+                    }
                     Err(_) => return Poll::Pending,
                 }
             }
@@ -209,7 +214,7 @@ impl Shared {
         if left_batch || self.flush_wanted.load(Ordering::SeqCst) {
             self.flush_link(cx, false);
         } else if !backlogged {
-            self.wake_link_waiters();
+            self.hand_over_link();
         }
         if wait && left_batch && matches!(written, Poll::Ready(None)) {
             // Others' packets went first; try again rather than queue a copy.
@@ -373,9 +378,12 @@ fn feed(shared: &Arc<Shared>, dec: &mut Decoder) {
 }
 
 /// Writes when nobody else does: after the link pushed back, after a busy flush, for
-/// hellos and timers. Ends by closing the write half once the mux is closed.
+/// hellos and timers; wakes writers waiting for the link when a hand-over went
+/// unanswered. Ends by closing the write half once the mux is closed.
 pub(crate) async fn write_loop(shared: Arc<Shared>) {
     loop {
+        // Before our own flush, whose hand-over would count as the link moving.
+        shared.check_link_waiters();
         // Wait on the link and on notifications at once: a task that hit a full link
         // took the link's waker slot and then notified us to take it back.
         let state = tokio::select! {
@@ -391,6 +399,11 @@ pub(crate) async fn write_loop(shared: Arc<Shared>) {
             Flush::Busy => None,
             Flush::Idle(deadline) => deadline,
             Flush::Blocked => unreachable!("blocked flushes stay pending"),
+        };
+        // When to look at the waiters again, if a hand-over leaves some waiting.
+        let deadline = match (deadline, shared.check_link_waiters()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         *shared
             .writer_wakes

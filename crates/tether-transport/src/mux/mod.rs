@@ -32,6 +32,7 @@ mod driver;
 pub mod link;
 mod state;
 mod stream;
+mod waiters;
 
 pub use chardev::CharDevice;
 pub use stream::MuxStream;

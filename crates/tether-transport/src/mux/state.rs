@@ -3,6 +3,7 @@
 
 use super::driver::Output;
 use super::link::{Hello, VERSION};
+use super::waiters::LinkWaiters;
 use super::{LinkStatus, MuxConfig, MuxError, MuxStream};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -98,9 +99,10 @@ pub(crate) struct Shared {
     pub status: watch::Sender<LinkStatus>,
     pub reader_abort: Mutex<Option<tokio::task::AbortHandle>>,
     /// Writers of large buffers waiting for the link's write half to be free and done with
-    /// earlier batches (see `Shared::write_direct`). Woken, all of them, whenever a task
-    /// lets go of the write half with nothing left to write, and when the session ends.
-    pub link_waiters: Mutex<HashMap<ConnId, Waker>>,
+    /// earlier batches (see `Shared::write_direct`). Woken one at a time whenever a task
+    /// lets go of the write half with nothing left to write, all of them when the session
+    /// ends or a woken one does not come.
+    link_waiters: Mutex<LinkWaiters>,
 }
 
 impl State {
@@ -138,34 +140,44 @@ impl Shared {
             writer_wakes: Mutex::new(None),
             status: watch::Sender::new(LinkStatus::Handshaking),
             reader_abort: Mutex::new(None),
-            link_waiters: Mutex::new(HashMap::new()),
+            link_waiters: Mutex::new(LinkWaiters::default()),
         })
     }
 
-    /// Wakes every writer waiting for the link (see [`Shared::link_waiters`]).
-    pub fn wake_link_waiters(&self) {
-        let waiters =
-            std::mem::take(&mut *self.link_waiters.lock().unwrap_or_else(|e| e.into_inner()));
-        for w in waiters.into_values() {
-            w.wake();
+    fn waiters(&self) -> MutexGuard<'_, LinkWaiters> {
+        self.link_waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The link came free: wakes the writer that has waited longest for it (see
+    /// [`Shared::link_waiters`]), and makes sure the writer task looks again if that one
+    /// does not come.
+    pub fn hand_over_link(&self) {
+        let check_by = self.waiters().hand_over(Instant::now());
+        if let Some(t) = check_by {
+            self.tell_writer_about(t);
         }
     }
 
+    /// Wakes every writer waiting for the link.
+    pub fn wake_all_link_waiters(&self) {
+        self.waiters().wake_all();
+    }
+
+    /// For the writer task: wakes every waiting writer if a hand-over went unanswered;
+    /// returns when to look again.
+    pub fn check_link_waiters(&self) -> Option<Instant> {
+        self.waiters().check(Instant::now())
+    }
+
     /// Adds connection `id`'s writer to those waiting for the link (replacing its earlier
-    /// waker: one writer per connection).
+    /// waker, keeping its place: one writer per connection).
     pub fn wait_for_link(&self, id: ConnId, cx: &Context<'_>) {
-        self.link_waiters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, cx.waker().clone());
+        self.waiters().wait(id, cx.waker());
     }
 
     /// Takes connection `id`'s writer off the list [`Shared::wait_for_link`] keeps.
     pub fn stop_waiting_for_link(&self, id: ConnId) {
-        self.link_waiters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        self.waiters().forget(id);
     }
 
     /// Locks the state. A panic while holding the lock is a bug that already took its
@@ -296,7 +308,7 @@ impl Shared {
         if let Some(mut engine) = st.engine.take() {
             engine.reset_all(CloseReason::EngineReset);
         }
-        self.wake_link_waiters();
+        self.wake_all_link_waiters();
         for slot in st.slots.values_mut() {
             slot.wake_all();
         }

