@@ -202,15 +202,11 @@ impl Shared {
             .as_ref()
             .is_some_and(|out| out.offset != out.batch.bytes);
         drop(guard);
-        if written.is_pending() {
-            // The engine wakes us once writable; the link going idle must not, or the
-            // wake below would spin us until the credit comes.
-            self.stop_waiting_for_link(id);
-        }
         // A batch left half written, and packets left to us by a task that found the
         // link busy meanwhile (see flush_link), go now, whatever became of ours. Either
-        // way, writers who found the link busy while we held it are woken by whoever
-        // leaves it with nothing to write: that flush, the writer task, or us.
+        // way, a writer who found the link busy while we held it is woken by whoever
+        // leaves it with nothing to write: that flush, the writer task, or us. A writer
+        // short of credit (`written` pending) is not listed: the engine wakes it.
         if left_batch || self.flush_wanted.load(Ordering::SeqCst) {
             self.flush_link(cx, false);
         } else if !backlogged {
