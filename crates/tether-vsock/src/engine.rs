@@ -710,7 +710,8 @@ impl Engine {
             // does not start a CREDIT_REQUEST / CREDIT_UPDATE ping-pong.
             if conn.tx != before {
                 conn.credit_requested = false;
-                let waiting = std::mem::take(&mut conn.direct_waiting);
+                // A closed handle has no writer left to tell.
+                let waiting = std::mem::take(&mut conn.direct_waiting) && !conn.released;
                 if waiting {
                     conn.write_blocked = false;
                 }

@@ -793,6 +793,24 @@ fn a_direct_writer_behind_queued_bytes_is_told_when_they_leave() {
 }
 
 #[test]
+fn a_closed_handle_is_not_told_of_credit_it_waited_for() {
+    // Found by the engine fuzz target: the wait outlived the handle.
+    let now = Instant::now();
+    let (mut host, id, local) = connected(now, 4096, |_| {});
+    assert!(host.send_now(id, 4096).unwrap().is_some());
+    assert_eq!(host.send_now(id, 4096), Ok(None));
+    host.wait_writable(id).unwrap();
+    host.close(now, id);
+    let update = Header {
+        buf_alloc: 4096,
+        fwd_cnt: 4096,
+        ..from_peer(1024, local, Op::CreditUpdate, STREAM)
+    };
+    feed(&mut host, now + MS, update, &[]);
+    assert!(events(&mut host).is_empty());
+}
+
+#[test]
 fn waiting_to_write_on_a_closed_connection_is_an_error() {
     let now = Instant::now();
     let (mut host, id, _) = connected(now, 4096, |_| {});
