@@ -435,7 +435,10 @@ impl Engine {
         self.send_room(id, SocketType::Stream)?;
         let (max_payload, min_packet) = (self.config.max_payload, self.config.min_packet());
         let conn = self.held_mut(id).ok_or(StreamError::UnknownConnection)?;
-        if len == 0 || conn.phase != Phase::Established || !conn.send.is_empty() {
+        // An accepted connection's RESPONSE must reach the peer before its first RW, and
+        // the caller writes this RW ahead of whatever `poll_transmit` still holds.
+        let response_owed = conn.owed & owed::RESPONSE != 0;
+        if len == 0 || conn.phase != Phase::Established || !conn.send.is_empty() || response_owed {
             return Ok(None);
         }
         let want = len.min(max_payload as usize) as u32;
@@ -968,6 +971,12 @@ impl Engine {
             return None;
         };
         conn.owed &= !bit;
+        if op == Op::Response && conn.direct_waiting && !conn.released {
+            // A direct writer held back until the RESPONSE went (see `send_now`).
+            conn.direct_waiting = false;
+            conn.write_blocked = false;
+            self.events.push_back(Event::Writable(id));
+        }
         let header = self.header_for(id, op, flags, 0);
         Some(Transmit {
             header,

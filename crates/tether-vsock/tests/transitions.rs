@@ -811,6 +811,30 @@ fn a_closed_handle_is_not_told_of_credit_it_waited_for() {
 }
 
 #[test]
+fn a_direct_write_never_overtakes_the_response() {
+    // Found by the engine fuzz target: an RW written straight after accept went out
+    // before the RESPONSE the engine still held.
+    let now = Instant::now();
+    let mut host = host_engine(|_| {});
+    host.listen(80, STREAM);
+    feed(
+        &mut host,
+        now,
+        from_peer(5000, 80, Op::Request, STREAM),
+        &[],
+    );
+    let Some(Event::Incoming { id, .. }) = events(&mut host).pop() else {
+        panic!("no incoming connection");
+    };
+    host.accept(id).unwrap();
+    assert_eq!(host.send_now(id, 1000), Ok(None), "RESPONSE first");
+    host.wait_writable(id).unwrap();
+    assert_eq!(ops(&drain(&mut host, u32::MAX)), [Op::Response]);
+    assert_eq!(events(&mut host), [Event::Writable(id)]);
+    assert_eq!(host.send_now(id, 1000).unwrap().map(|(_, n)| n), Some(1000));
+}
+
+#[test]
 fn waiting_to_write_on_a_closed_connection_is_an_error() {
     let now = Instant::now();
     let (mut host, id, _) = connected(now, 4096, |_| {});
