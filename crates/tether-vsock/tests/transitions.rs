@@ -89,6 +89,24 @@ fn connected(now: Instant, peer_buf_alloc: u32, f: impl Fn(&mut Config)) -> (Eng
     (host, id, local)
 }
 
+/// A host engine listening on `port` that has accepted a connection from the peer's
+/// `peer_port`; its RESPONSE not yet drained. Returns the engine and the id.
+fn accepted(now: Instant, port: u32, peer_port: u32, kind: SocketType) -> (Engine, ConnId) {
+    let mut host = host_engine(|_| {});
+    host.listen(port, kind);
+    feed(
+        &mut host,
+        now,
+        from_peer(peer_port, port, Op::Request, kind),
+        &[],
+    );
+    let Some(Event::Incoming { id, .. }) = host.poll_event() else {
+        panic!("no Incoming");
+    };
+    host.accept(id).unwrap();
+    (host, id)
+}
+
 fn rw_lens(out: &[Transmit]) -> Vec<usize> {
     out.iter()
         .filter(|t| t.header.op() == Some(Op::Rw))
@@ -814,19 +832,7 @@ fn a_closed_handle_is_not_told_of_credit_it_waited_for() {
 fn a_direct_write_never_overtakes_the_response() {
     // Found by the engine fuzz target: an RW written straight after accept went out
     // before the RESPONSE the engine still held.
-    let now = Instant::now();
-    let mut host = host_engine(|_| {});
-    host.listen(80, STREAM);
-    feed(
-        &mut host,
-        now,
-        from_peer(5000, 80, Op::Request, STREAM),
-        &[],
-    );
-    let Some(Event::Incoming { id, .. }) = events(&mut host).pop() else {
-        panic!("no incoming connection");
-    };
-    host.accept(id).unwrap();
+    let (mut host, id) = accepted(Instant::now(), 80, 5000, STREAM);
     assert_eq!(host.send_now(id, 1000), Ok(None), "RESPONSE first");
     host.wait_writable(id).unwrap();
     assert_eq!(ops(&drain(&mut host, u32::MAX)), [Op::Response]);
@@ -1636,18 +1642,7 @@ fn seqpacket_keeps_message_boundaries_across_packets() {
 #[test]
 fn seqpacket_partial_message_is_not_readable() {
     let now = Instant::now();
-    let mut host = host_engine(|_| {});
-    host.listen(9, SEQPACKET);
-    feed(
-        &mut host,
-        now,
-        from_peer(500, 9, Op::Request, SEQPACKET),
-        &[],
-    );
-    let Some(Event::Incoming { id, .. }) = host.poll_event() else {
-        panic!("no Incoming");
-    };
-    host.accept(id).unwrap();
+    let (mut host, id) = accepted(now, 9, 500, SEQPACKET);
     drain(&mut host, u32::MAX);
     feed(
         &mut host,

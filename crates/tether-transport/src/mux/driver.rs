@@ -397,10 +397,10 @@ pub(crate) async fn write_loop(shared: Arc<Shared>) {
             Flush::Blocked => unreachable!("blocked flushes stay pending"),
         };
         // When to look at the waiters again, if a hand-over leaves some waiting.
-        let deadline = match (deadline, shared.check_link_waiters()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = deadline
+            .into_iter()
+            .chain(shared.check_link_waiters())
+            .min();
         *shared
             .writer_wakes
             .lock()

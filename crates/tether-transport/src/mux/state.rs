@@ -152,7 +152,7 @@ impl Shared {
     /// [`Shared::link_waiters`]), and makes sure the writer task looks again if that one
     /// does not come.
     pub fn hand_over_link(&self) {
-        let check_by = self.waiters().hand_over(Instant::now());
+        let check_by = self.waiters().hand_over(Instant::now);
         if let Some(t) = check_by {
             self.tell_writer_about(t);
         }

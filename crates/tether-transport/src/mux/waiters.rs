@@ -51,12 +51,13 @@ impl<K: PartialEq> LinkWaiters<K> {
     }
 
     /// The link came free: wakes the oldest waiter. Returns when to wake the rest if
-    /// nobody takes the link in between, when writers are left waiting.
-    pub fn hand_over(&mut self, now: Instant) -> Option<Instant> {
+    /// nobody takes the link in between, when writers are left waiting. The clock is
+    /// read only then: every idle flush hands over, mostly to nobody.
+    pub fn hand_over(&mut self, now: impl FnOnce() -> Instant) -> Option<Instant> {
         if let Some((_, w)) = self.queue.pop_front() {
             w.wake();
         }
-        self.handed_at = (!self.queue.is_empty()).then_some(now);
+        self.handed_at = (!self.queue.is_empty()).then(now);
         self.handed_at.map(|t| t + GRACE)
     }
 
@@ -115,39 +116,42 @@ mod tests {
         w.iter().map(|(c, _)| c.0.load(Ordering::SeqCst)).collect()
     }
 
-    #[test]
-    fn each_hand_over_wakes_the_oldest_waiter_only() {
-        let w = wakers(3);
-        let mut q = LinkWaiters::<usize>::default();
-        let now = Instant::now();
+    /// `n` counting wakers, each listed under its index.
+    fn listed(n: usize) -> (Vec<(Arc<Count>, Waker)>, LinkWaiters<usize>) {
+        let w = wakers(n);
+        let mut q = LinkWaiters::default();
         for (i, (_, waker)) in w.iter().enumerate() {
             q.wait(i, waker);
         }
+        (w, q)
+    }
+
+    #[test]
+    fn each_hand_over_wakes_the_oldest_waiter_only() {
+        let (w, mut q) = listed(3);
+        let now = Instant::now();
         q.wait(0, &w[0].1);
         assert_eq!(q.len(), 3, "listing again keeps one entry and its place");
-        assert_eq!(q.hand_over(now), Some(now + GRACE));
+        assert_eq!(q.hand_over(|| now), Some(now + GRACE));
         assert_eq!(woken(&w), [1, 0, 0]);
         q.forget(1);
-        assert_eq!(q.hand_over(now), None, "nobody left waiting");
+        let no_clock = || -> Instant { panic!("clock read with nobody left waiting") };
+        assert_eq!(q.hand_over(no_clock), None, "nobody left waiting");
         assert_eq!(woken(&w), [1, 0, 1]);
-        assert_eq!(q.hand_over(now), None);
+        assert_eq!(q.hand_over(no_clock), None);
         assert_eq!(woken(&w), [1, 0, 1]);
     }
 
     #[test]
     fn an_unanswered_hand_over_wakes_everyone_after_the_grace() {
-        let w = wakers(3);
-        let mut q = LinkWaiters::<usize>::default();
+        let (w, mut q) = listed(3);
         let now = Instant::now();
-        for (i, (_, waker)) in w.iter().enumerate() {
-            q.wait(i, waker);
-        }
         assert_eq!(q.check(now), None, "no hand-over yet");
-        q.hand_over(now);
+        q.hand_over(|| now);
         assert_eq!(q.check(now + GRACE / 2), Some(now + GRACE));
         assert_eq!(woken(&w), [1, 0, 0]);
         // A later hand-over moves the deadline: the link is moving.
-        q.hand_over(now + GRACE / 2);
+        q.hand_over(|| now + GRACE / 2);
         assert_eq!(q.check(now + GRACE), Some(now + GRACE / 2 + GRACE));
         assert_eq!(woken(&w), [1, 1, 0]);
         assert_eq!(q.check(now + 2 * GRACE), None);
@@ -158,10 +162,7 @@ mod tests {
 
     #[test]
     fn wake_all_empties_the_list() {
-        let w = wakers(2);
-        let mut q = LinkWaiters::<usize>::default();
-        q.wait(7, &w[0].1);
-        q.wait(8, &w[1].1);
+        let (w, mut q) = listed(2);
         q.wake_all();
         assert_eq!(woken(&w), [1, 1]);
         assert_eq!(q.len(), 0);
