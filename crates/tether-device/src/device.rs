@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Instant;
-use tether_vsock::{CloseReason, ConnId, Engine, Event, SocketType};
+use tether_vsock::{CloseReason, ConnId, ConnIdMap, Engine, Event, SocketType};
 use tracing::{debug, info, warn};
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{QueueOwnedT, QueueT};
@@ -64,7 +64,7 @@ pub struct Device {
     /// instead of hanging, and the level-triggered listener stops waking the worker.
     spare_fd: Option<std::fs::File>,
     conns: HashMap<u64, HostConn>,
-    by_id: HashMap<ConnId, u64>,
+    by_id: ConnIdMap<u64>,
     line_deadlines: BTreeSet<(Instant, u64)>,
     /// Streams not reading until their queued bytes have gone to the guest.
     waiting: HashSet<u64>,
@@ -104,7 +104,7 @@ impl Device {
             listener,
             spare_fd: Some(std::fs::File::open("/dev/null")?),
             conns: HashMap::new(),
-            by_id: HashMap::new(),
+            by_id: ConnIdMap::default(),
             line_deadlines: BTreeSet::new(),
             waiting: HashSet::new(),
             next_token: FIRST_CONN_TOKEN,

@@ -19,6 +19,7 @@ pub mod copy;
 pub mod credit;
 mod engine;
 pub mod header;
+mod id_map;
 
 pub use buffer::Message;
 pub use conn::CloseReason;
@@ -27,3 +28,4 @@ pub use engine::{
     EPHEMERAL_PORT_START,
 };
 pub use header::{Header, HeaderError, Op, SocketType, HEADER_LEN, HOST_CID};
+pub use id_map::{ConnIdHasher, ConnIdMap, ConnIdSet};

@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Waker};
 use std::time::Instant;
-use tether_vsock::{CloseReason, ConnId, Engine, Event, SocketType};
+use tether_vsock::{CloseReason, ConnId, ConnIdMap, Engine, Event, SocketType};
 use tokio::sync::{watch, Notify};
 
 /// Wakers and outcome of one connection as seen by its stream.
@@ -75,7 +75,7 @@ pub(crate) struct State {
     /// When to repeat our hello while the peer has not answered.
     pub next_hello: Option<Instant>,
     pub hello_backoff: std::time::Duration,
-    pub slots: HashMap<ConnId, Slot>,
+    pub slots: ConnIdMap<Slot>,
     pub listeners: HashMap<u32, ListenSlot>,
     /// Why the latest session ended; reported to its streams.
     pub last_reset: Arc<str>,
@@ -126,7 +126,7 @@ impl Shared {
             peer_nonce: None,
             hello_due: Some(false),
             next_hello: None,
-            slots: HashMap::new(),
+            slots: ConnIdMap::default(),
             listeners: HashMap::new(),
             last_reset: Arc::from("no link session yet"),
             closed: None,

@@ -11,17 +11,25 @@
 //! hand-over is kept, and the writer task wakes every waiter once [`GRACE`] passes
 //! without another one while writers are still waiting.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hash};
 use std::task::Waker;
 use std::time::{Duration, Instant};
-use tether_vsock::ConnId;
+use tether_vsock::{ConnId, ConnIdHasher};
 
 /// How long waiters stay asleep after a hand-over before all of them are woken.
 pub(crate) const GRACE: Duration = Duration::from_millis(2);
 
 /// Connections whose writer waits for the link, oldest first.
+///
+/// Every write lists and forgets its connection, so both are O(1): forgetting drops the
+/// connection from `listed` only, and its stale ticket in `order` is skipped when it
+/// comes up (or swept out once stale tickets outnumber live ones).
 pub(crate) struct LinkWaiters<K = ConnId> {
-    queue: VecDeque<(K, Waker)>,
+    /// Tickets in the order they were listed; a ticket is live while `listed` holds it.
+    order: VecDeque<(K, u64)>,
+    listed: HashMap<K, (u64, Waker), BuildHasherDefault<ConnIdHasher>>,
+    next_ticket: u64,
     /// The latest hand-over that left writers waiting.
     handed_at: Option<Instant>,
 }
@@ -29,42 +37,58 @@ pub(crate) struct LinkWaiters<K = ConnId> {
 impl<K> Default for LinkWaiters<K> {
     fn default() -> Self {
         LinkWaiters {
-            queue: VecDeque::new(),
+            order: VecDeque::new(),
+            listed: HashMap::default(),
+            next_ticket: 0,
             handed_at: None,
         }
     }
 }
 
-impl<K: PartialEq> LinkWaiters<K> {
+impl<K: Copy + Eq + Hash> LinkWaiters<K> {
     /// Lists connection `id`'s writer, keeping its place if already listed (one writer
     /// per connection).
     pub fn wait(&mut self, id: K, waker: &Waker) {
-        match self.queue.iter_mut().find(|(i, _)| *i == id) {
-            Some((_, w)) => w.clone_from(waker),
-            None => self.queue.push_back((id, waker.clone())),
+        if let Some((_, w)) = self.listed.get_mut(&id) {
+            w.clone_from(waker);
+            return;
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.listed.insert(id, (ticket, waker.clone()));
+        self.order.push_back((id, ticket));
+        if self.order.len() > 2 * self.listed.len() + 16 {
+            let listed = &self.listed;
+            self.order
+                .retain(|(i, t)| listed.get(i).is_some_and(|(l, _)| l == t));
         }
     }
 
     /// Takes connection `id`'s writer off the list.
     pub fn forget(&mut self, id: K) {
-        self.queue.retain(|(i, _)| *i != id);
+        self.listed.remove(&id);
     }
 
     /// The link came free: wakes the oldest waiter. Returns when to wake the rest if
     /// nobody takes the link in between, when writers are left waiting. The clock is
     /// read only then: every idle flush hands over, mostly to nobody.
     pub fn hand_over(&mut self, now: impl FnOnce() -> Instant) -> Option<Instant> {
-        if let Some((_, w)) = self.queue.pop_front() {
-            w.wake();
+        while let Some((id, ticket)) = self.order.pop_front() {
+            if self.listed.get(&id).is_some_and(|(t, _)| *t == ticket) {
+                let (_, w) = self.listed.remove(&id).expect("just found");
+                w.wake();
+                break;
+            }
         }
-        self.handed_at = (!self.queue.is_empty()).then(now);
+        self.handed_at = (!self.listed.is_empty()).then(now);
         self.handed_at.map(|t| t + GRACE)
     }
 
     /// Wakes every waiter: the session ended, or a hand-over went unanswered.
     pub fn wake_all(&mut self) {
         self.handed_at = None;
-        for (_, w) in self.queue.drain(..) {
+        self.order.clear();
+        for (_, (_, w)) in self.listed.drain() {
             w.wake();
         }
     }
@@ -83,7 +107,7 @@ impl<K: PartialEq> LinkWaiters<K> {
     /// Writers listed now.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.queue.len()
+        self.listed.len()
     }
 }
 
@@ -158,6 +182,46 @@ mod tests {
         assert_eq!(woken(&w), [1, 1, 1]);
         assert_eq!(q.len(), 0);
         assert_eq!(q.check(now + 10 * GRACE), None, "nothing armed any more");
+    }
+
+    #[test]
+    fn a_forgotten_writer_listed_again_goes_to_the_back() {
+        let (w, mut q) = listed(3);
+        let now = Instant::now();
+        q.forget(0);
+        q.wait(0, &w[0].1);
+        q.hand_over(|| now);
+        assert_eq!(woken(&w), [0, 1, 0]);
+        q.hand_over(|| now);
+        assert_eq!(woken(&w), [0, 1, 1]);
+        assert_eq!(
+            q.hand_over(|| now),
+            None,
+            "the last one leaves nobody waiting"
+        );
+        assert_eq!(woken(&w), [1, 1, 1]);
+    }
+
+    #[test]
+    fn listing_and_forgetting_over_and_over_keeps_the_order_bounded() {
+        let (w, mut q) = listed(2);
+        for _ in 0..10_000 {
+            q.forget(1);
+            q.wait(1, &w[1].1);
+        }
+        assert!(
+            q.order.len() <= 2 * 2 + 17,
+            "{} tickets kept",
+            q.order.len()
+        );
+        q.hand_over(Instant::now);
+        assert_eq!(
+            woken(&w),
+            [1, 0],
+            "the oldest live ticket survives the sweeps first"
+        );
+        q.hand_over(Instant::now);
+        assert_eq!(woken(&w), [1, 1]);
     }
 
     #[test]
