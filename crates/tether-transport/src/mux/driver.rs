@@ -499,18 +499,21 @@ impl Batch {
 /// Runs due timers and gathers what is owed to the link. Returns the next time the
 /// writer must wake by itself, or `Err` once the mux is closed.
 fn fill(shared: &Arc<Shared>, batch: &mut Batch) -> Result<Option<Instant>, ()> {
-    let now = Instant::now();
     let mut guard = shared.lock();
     let st = &mut *guard;
     if st.closed.is_some() {
         return Err(());
     }
-    take_hello(st, now, batch);
+    // The clock is read only when a timer is armed: most flushes have none.
+    take_hello(st, batch);
     let Some(engine) = st.engine.as_mut() else {
         return finish(shared, st, batch, st.next_hello);
     };
-    if engine.poll_timeout().is_some_and(|t| t <= now) {
-        engine.handle_timeout(now);
+    if let Some(due) = engine.poll_timeout() {
+        let now = Instant::now();
+        if due <= now {
+            engine.handle_timeout(now);
+        }
     }
     while batch.bytes < BATCH_BYTES && batch.heads.len() < BATCH_PACKETS {
         let Some(t) = engine.poll_transmit(u32::MAX) else {
@@ -524,8 +527,8 @@ fn fill(shared: &Arc<Shared>, batch: &mut Batch) -> Result<Option<Instant>, ()> 
 }
 
 /// Puts an owed hello in the batch; while the peer is silent, repeats it with backoff.
-fn take_hello(st: &mut State, now: Instant, batch: &mut Batch) {
-    if st.engine.is_none() && st.next_hello.is_some_and(|t| t <= now) {
+fn take_hello(st: &mut State, batch: &mut Batch) {
+    if st.engine.is_none() && st.next_hello.is_some_and(|t| t <= Instant::now()) {
         st.hello_due.get_or_insert(false);
     }
     let Some(ack) = st.hello_due.take() else {
@@ -541,7 +544,7 @@ fn take_hello(st: &mut State, now: Instant, batch: &mut Batch) {
     batch.hello = Some(hello.encode());
     batch.bytes += HELLO_LEN;
     if st.engine.is_none() {
-        st.next_hello = Some(now + st.hello_backoff);
+        st.next_hello = Some(Instant::now() + st.hello_backoff);
         st.hello_backoff = (st.hello_backoff * 2).min(MAX_HELLO_INTERVAL);
     }
 }

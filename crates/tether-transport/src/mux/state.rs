@@ -190,10 +190,11 @@ impl Shared {
     /// Packets the engine now owes are left for the caller to flush once it has let go of
     /// the state lock.
     pub fn dispatch(&self, st: &mut State) {
-        let now = Instant::now();
         while let Some(ev) = st.engine.as_mut().and_then(Engine::poll_event) {
             match ev {
-                Event::Incoming { id, local_port, .. } => self.incoming(st, now, id, local_port),
+                Event::Incoming { id, local_port, .. } => {
+                    self.incoming(st, Instant::now(), id, local_port)
+                }
                 Event::Connected(id) => {
                     if let Some(slot) = st.slots.get_mut(&id) {
                         slot.connected = true;
