@@ -24,6 +24,8 @@
 //! `TETHER_MUX_CELLS=1x64,100x4` runs only those throughput cells (connections x KiB
 //! per write) and, unless the list also names `latency`, no ping-pong; naming `tether`,
 //! `raw` or `yamux` as well measures only the transports named (for profiling one).
+//! `TETHER_MUX_WORKERS=1` runs everything on one tokio worker: CPU time per byte then
+//! varies much less from run to run than throughput on two (compare with `perf stat`).
 //!
 //! Markdown tables go to stdout, progress to stderr.
 
@@ -86,6 +88,8 @@ struct Plan {
     warmup: usize,
     /// The `TETHER_MUX_CELLS` list; `None` runs everything.
     cells: Option<Vec<String>>,
+    /// Tokio workers (`TETHER_MUX_WORKERS`, 2 unless set).
+    workers: usize,
 }
 
 impl Plan {
@@ -99,6 +103,11 @@ impl Plan {
             cells: std::env::var("TETHER_MUX_CELLS")
                 .ok()
                 .map(|v| v.split(',').map(|c| c.trim().to_string()).collect()),
+            workers: std::env::var("TETHER_MUX_WORKERS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(2),
         }
     }
 
@@ -123,7 +132,7 @@ impl Plan {
 fn main() {
     let plan = Plan::from_env();
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(plan.workers)
         .enable_all()
         .build()
         .expect("tokio runtime");
@@ -510,11 +519,12 @@ fn percentiles(mut samples: Vec<Duration>) -> Latency {
 
 fn print_throughput(plan: &Plan, cells: &[Cell]) {
     println!(
-        "Throughput, one direction over a Unix socketpair, tokio with 2 workers: {REPEATS} \
+        "Throughput, one direction over a Unix socketpair, {} tokio worker(s): {REPEATS} \
          rounds of {} MiB per transport (split over the connections), transports taking \
          turns, 64 KiB reads. MiB/s are medians; ratios are the median (range) of the \
          rounds' ratios. raw: one socketpair, one writer; 100 pairs: a socketpair per \
          connection.\n",
+        plan.workers,
         plan.cell_bytes >> 20
     );
     println!(
