@@ -5,12 +5,17 @@ use crate::host::GUEST_MODULES;
 use crate::{VmError, AGENT_PORT, READY_PORT, SERIAL_PORT_NAME};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 /// What the throwaway guest's agent lets clients forward: any port on the guest's own
 /// loopback, both ways (`tether forward --via`). The VM exists for its user, and loopback
 /// reaches nothing beyond it.
 const FORWARD_POLICY: &str =
     "--allow-connect 'tcp://127.0.0.1:*' --allow-listen 'tcp://127.0.0.1:*'";
+
+/// Changes whenever the same inputs make a different archive, so that no archive built
+/// the old way is taken from the cache.
+const LAYOUT: &[u8] = b"layout 2: the guest's tether without debug information";
 
 /// The init script: tether becomes PID 1 (exec), sets the guest up and serves, on vsock
 /// or, when the kernel passes `serial` (after `--` on its command line), on the mux over
@@ -56,6 +61,7 @@ pub fn build(
     host_files.dedup_by(|a, b| a.0 == b.0);
     let script = init_script();
     let mut h = Sha256::new();
+    h.update(LAYOUT);
     for (name, data) in &host_files {
         h.update(name.as_bytes());
         h.update(data);
@@ -74,6 +80,11 @@ pub fn build(
     let cache = cache_dir()?;
     let path = cache.join(format!("initramfs-{hash}.cpio"));
     if path.exists() {
+        // Marked as used, so that pruning takes the archives of older builds first.
+        let _ = std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(SystemTime::now()));
         return Ok(path);
     }
 
@@ -99,7 +110,15 @@ pub fn build(
     }
     c.file("/init", 0o755, script.as_bytes());
     c.file("/bin/busybox", 0o755, &busybox_bin);
-    c.file("/bin/tether", 0o755, &tether_bin);
+    // Cached under the hash of the binary as built; stripped only when (re)built.
+    let guest_tether = match crate::strip::without_debug_info(&tether_bin) {
+        Ok(stripped) => stripped,
+        Err(e) => {
+            tracing::warn!("{} keeps its debug information: {e}", tether.display());
+            tether_bin
+        }
+    };
+    c.file("/bin/tether", 0o755, &guest_tether);
     for applet in applets(busybox) {
         if applet != "busybox" {
             c.symlink(&format!("/bin/{applet}"), "busybox");
@@ -146,7 +165,33 @@ pub fn build(
         .map_err(|e| VmError::Io(format!("writing {}", tmp.display()), e))?;
     std::fs::rename(&tmp, &path)
         .map_err(|e| VmError::Io(format!("writing {}", path.display()), e))?;
+    prune(&cache, KEEP_ARCHIVES);
     Ok(path)
+}
+
+/// Archives the cache keeps. Every build of tether makes a new one (its binary is inside),
+/// so without a bound the cache grew by an archive per build.
+const KEEP_ARCHIVES: usize = 4;
+
+/// Deletes all but the `keep` most recently used archives in `cache`. A VM booting from
+/// a deleted one is unaffected: QEMU has it open.
+fn prune(cache: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return;
+    };
+    let mut archives: Vec<(SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("initramfs-") && name.ends_with(".cpio")
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    archives.sort_by_key(|a| std::cmp::Reverse(a.0));
+    for (_, old) in archives.into_iter().skip(keep) {
+        let _ = std::fs::remove_file(old);
+    }
 }
 
 /// The shared libraries `program` loads (its dynamic loader included), as `ldd` lists them.
@@ -190,4 +235,45 @@ pub fn cache_dir() -> Result<PathBuf, VmError> {
     std::fs::create_dir_all(&dir)
         .map_err(|e| VmError::Io(format!("creating {}", dir.display()), e))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn pruning_keeps_the_most_recently_used_archives_and_nothing_else_is_touched() {
+        let dir = std::env::temp_dir().join(format!("tether-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let base = SystemTime::now() - Duration::from_secs(3600);
+        for (i, name) in ["a", "b", "c", "d", "e", "f"].iter().enumerate() {
+            let p = dir.join(format!("initramfs-{name}.cpio"));
+            let f = std::fs::File::create(&p).unwrap();
+            // "a" is the oldest, "f" the newest.
+            f.set_modified(base + Duration::from_secs(60 * i as u64))
+                .unwrap();
+        }
+        std::fs::write(dir.join("kvm-hangs-x"), b"kept").unwrap();
+        std::fs::write(dir.join("initramfs-z.tmp"), b"kept").unwrap();
+        prune(&dir, 4);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "initramfs-c.cpio",
+                "initramfs-d.cpio",
+                "initramfs-e.cpio",
+                "initramfs-f.cpio",
+                "initramfs-z.tmp",
+                "kvm-hangs-x"
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

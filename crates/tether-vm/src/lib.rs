@@ -6,6 +6,7 @@
 mod cpio;
 pub mod host;
 mod initramfs;
+mod strip;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -112,6 +113,17 @@ pub enum VmError {
     BootTimeout {
         /// How long tether waited.
         after: Duration,
+        /// The end of the guest console.
+        console: String,
+    },
+    /// The guest's kernel ran out of memory while booting.
+    #[error("the guest ran out of memory while booting in {memory_mib} MiB (its initramfs \
+             alone is {initramfs_mib} MiB); give it more with --memory; its console said:\n{console}")]
+    OutOfMemory {
+        /// The guest's memory.
+        memory_mib: u32,
+        /// The size of the initramfs the kernel had to unpack.
+        initramfs_mib: u64,
         /// The end of the guest console.
         console: String,
     },
@@ -409,6 +421,14 @@ async fn boot(
         }),
         Ok(Ok(_)) => {
             let output = tail(&console) + &tail(&dir.join("qemu.log"));
+            if ran_out_of_memory(&output) {
+                discard(&dir);
+                return Err(VmError::OutOfMemory {
+                    memory_mib: config.memory_mib,
+                    initramfs_mib: std::fs::metadata(initrd).map_or(0, |m| m.len() >> 20),
+                    console: output,
+                });
+            }
             let status = qemu
                 .try_wait()
                 .ok()
@@ -436,6 +456,19 @@ async fn boot(
             })
         }
     }
+}
+
+/// Whether a guest console shows the kernel giving up for want of memory (a guest this
+/// small fails before any userspace runs, so the message is all there is to go on).
+fn ran_out_of_memory(console: &str) -> bool {
+    [
+        "Initramfs unpacking failed: write error",
+        "Initramfs unpacking failed: invalid magic",
+        "System is deadlocked on memory",
+        "Out of memory and no killable processes",
+    ]
+    .iter()
+    .any(|m| console.contains(m))
 }
 
 /// The vsock device, or the virtio-serial port named `tether` on a chardev socket.
