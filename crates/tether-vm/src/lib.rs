@@ -421,7 +421,9 @@ async fn boot(
         }),
         Ok(Ok(_)) => {
             let output = tail(&console) + &tail(&dir.join("qemu.log"));
-            if ran_out_of_memory(&output) {
+            // Too small a guest can also die before its console is up, printing nothing.
+            let silent = !output.contains("] ");
+            if ran_out_of_memory(&output) || (silent && config.memory_mib < SMALL_GUEST_MIB) {
                 discard(&dir);
                 return Err(VmError::OutOfMemory {
                     memory_mib: config.memory_mib,
@@ -457,6 +459,10 @@ async fn boot(
         }
     }
 }
+
+/// Below this much memory a guest whose kernel printed nothing before QEMU ended is taken
+/// to have run out of memory: 64 MiB does that with Debian's kernel, 128 boots.
+const SMALL_GUEST_MIB: u32 = 128;
 
 /// Whether a guest console shows the kernel giving up for want of memory (a guest this
 /// small fails before any userspace runs, so the message is all there is to go on).
