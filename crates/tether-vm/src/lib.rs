@@ -189,6 +189,9 @@ impl Vm {
                     vm.boot = started.elapsed();
                     return Ok(vm);
                 }
+                // Not the accelerator's fault: TCG would fail the same way, and KVM must
+                // not be remembered as hanging.
+                Err(e @ VmError::OutOfMemory { .. }) => return Err(e),
                 Err(e) => {
                     if *accel == Accel::Kvm && i + 1 < accels.len() {
                         tracing::info!("KVM did not reach the agent in time; using TCG");
