@@ -80,11 +80,7 @@ pub fn build(
     let cache = cache_dir()?;
     let path = cache.join(format!("initramfs-{hash}.cpio"));
     if path.exists() {
-        // Marked as used, so that pruning takes the archives of older builds first.
-        let _ = std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .and_then(|f| f.set_modified(SystemTime::now()));
+        mark_used(&path);
         return Ok(path);
     }
 
@@ -165,17 +161,25 @@ pub fn build(
         .map_err(|e| VmError::Io(format!("writing {}", tmp.display()), e))?;
     std::fs::rename(&tmp, &path)
         .map_err(|e| VmError::Io(format!("writing {}", path.display()), e))?;
-    prune(&cache, KEEP_ARCHIVES);
+    prune(&cache, "initramfs-", ".cpio", KEEP_ARCHIVES);
     Ok(path)
+}
+
+/// Marks a cached file as just used, so that pruning takes older ones first.
+pub(crate) fn mark_used(path: &Path) {
+    let _ = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(SystemTime::now()));
 }
 
 /// Archives the cache keeps. Every build of tether makes a new one (its binary is inside),
 /// so without a bound the cache grew by an archive per build.
 const KEEP_ARCHIVES: usize = 4;
 
-/// Deletes all but the `keep` most recently used archives in `cache`. A VM booting from
-/// a deleted one is unaffected: QEMU has it open.
-fn prune(cache: &Path, keep: usize) {
+/// Deletes all but the `keep` most recently used files in `cache` named `prefix...suffix`.
+/// A VM booting from a deleted one is unaffected: QEMU has it open.
+pub(crate) fn prune(cache: &Path, prefix: &str, suffix: &str, keep: usize) {
     let Ok(entries) = std::fs::read_dir(cache) else {
         return;
     };
@@ -184,7 +188,7 @@ fn prune(cache: &Path, keep: usize) {
         .filter(|e| {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            name.starts_with("initramfs-") && name.ends_with(".cpio")
+            name.starts_with(prefix) && name.ends_with(suffix)
         })
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
@@ -257,7 +261,7 @@ mod tests {
         }
         std::fs::write(dir.join("kvm-hangs-x"), b"kept").unwrap();
         std::fs::write(dir.join("initramfs-z.tmp"), b"kept").unwrap();
-        prune(&dir, 4);
+        prune(&dir, "initramfs-", ".cpio", 4);
         let mut left: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -7,6 +7,7 @@ mod cpio;
 pub mod host;
 mod initramfs;
 mod strip;
+mod vmlinux;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -116,6 +117,22 @@ pub enum VmError {
         /// The end of the guest console.
         console: String,
     },
+    /// The guest is too small to hold its kernel and initramfs at all.
+    #[error(
+        "a guest of {memory_mib} MiB cannot boot: its kernel loads up to {kernel_mib} MiB \
+             and its initramfs takes {initramfs_mib} MiB more; give it at least {needs_mib} MiB \
+             with --memory"
+    )]
+    TooLittleMemory {
+        /// The guest's memory.
+        memory_mib: u32,
+        /// Where the kernel ends in guest-physical memory.
+        kernel_mib: u64,
+        /// The size of the initramfs.
+        initramfs_mib: u64,
+        /// The least that could boot.
+        needs_mib: u64,
+    },
     /// The guest's kernel ran out of memory while booting.
     #[error("the guest ran out of memory while booting in {memory_mib} MiB (its initramfs \
              alone is {initramfs_mib} MiB); give it more with --memory; its console said:\n{console}")]
@@ -163,6 +180,7 @@ impl Vm {
         let started = Instant::now();
         let qemu = host::qemu()?;
         let (kernel, modules) = host::kernel()?;
+        let kernel = vmlinux::bootable(&kernel, &initramfs::cache_dir()?)?;
         let guest = host::guest_binary(config.guest_binary.as_deref())?;
         // A serial VM needs no vsock device, so no backend either.
         let backend_bin = match (config.serial, config.vsock) {
@@ -171,6 +189,7 @@ impl Vm {
             (false, VsockDevice::VhostDeviceVsock) => host::vhost_device_vsock()?,
         };
         let initrd = initramfs::build(&guest, &host::busybox()?, &modules, &config.extra_programs)?;
+        check_memory(config.memory_mib, &kernel, &initrd)?;
         let accels: &[Accel] = match config.accel {
             Accel::Auto if kvm_usable() && !kvm_known_to_hang() => &[Accel::Kvm, Accel::Tcg],
             Accel::Auto | Accel::Tcg => &[Accel::Tcg],
@@ -463,6 +482,28 @@ async fn boot(
     }
 }
 
+/// Room a guest needs beyond its kernel and initramfs to get as far as unpacking it.
+const BOOT_HEADROOM_MIB: u64 = 16;
+
+/// Refuses, before starting QEMU, a guest too small to hold its kernel where the kernel
+/// loads plus its initramfs: QEMU would sit at "Booting from ROM" until the boot timeout.
+fn check_memory(memory_mib: u32, kernel: &Path, initrd: &Path) -> Result<(), VmError> {
+    let Some(kernel_end) = vmlinux::loaded_end(kernel) else {
+        return Ok(());
+    };
+    let initrd_len = std::fs::metadata(initrd).map_or(0, |m| m.len());
+    let needs_mib = (kernel_end + initrd_len).div_ceil(1 << 20) + BOOT_HEADROOM_MIB;
+    if u64::from(memory_mib) >= needs_mib {
+        return Ok(());
+    }
+    Err(VmError::TooLittleMemory {
+        memory_mib,
+        kernel_mib: kernel_end >> 20,
+        initramfs_mib: initrd_len >> 20,
+        needs_mib,
+    })
+}
+
 /// Below this much memory a guest whose kernel printed nothing before QEMU ended is taken
 /// to have run out of memory: 64 MiB does that with Debian's kernel, 128 boots.
 const SMALL_GUEST_MIB: u32 = 128;
@@ -536,4 +577,27 @@ fn tail(path: &Path) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let from = lines.len().saturating_sub(40);
     lines[from..].join("\n") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernels_words_for_running_out_of_memory_are_recognised() {
+        // As Debian's 6.1 kernel printed them in guests of 96 and 128 MiB.
+        let seen = [
+            "[    1.343501] Kernel panic - not syncing: System is deadlocked on memory",
+            "[    1.936840] Initramfs unpacking failed: invalid magic at start of compressed archive",
+        ];
+        for line in seen {
+            assert!(
+                ran_out_of_memory(&format!("Booting from ROM...\n{line}\n")),
+                "{line}"
+            );
+        }
+        assert!(!ran_out_of_memory(
+            "[    3.3] Run /init as init process\n[    3.6] Kernel panic - not syncing: Attempted to kill init!"
+        ));
+    }
 }
