@@ -117,18 +117,20 @@ pub fn bootable(image: &Path, cache: &Path) -> Result<PathBuf, VmError> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let path = cache.join(format!("vmlinux-{hash}"));
+    let path = cache.join(format!("vmlinux-{hash}.elf"));
     if path.exists() {
         crate::initramfs::mark_used(&path);
         return Ok(path);
     }
     match decompress(&bytes) {
         Ok(vmlinux) => {
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            // Per process, and not named like a kernel, so that another start's pruning
+            // never takes a file still being written.
+            let tmp = cache.join(format!("vmlinux-{hash}.{}.tmp", std::process::id()));
             std::fs::write(&tmp, vmlinux)
                 .and_then(|()| std::fs::rename(&tmp, &path))
                 .map_err(|e| VmError::Io(format!("writing {}", path.display()), e))?;
-            crate::initramfs::prune(cache, "vmlinux-", "", KEEP_KERNELS);
+            crate::initramfs::prune(cache, "vmlinux-", ".elf", KEEP_KERNELS);
             Ok(path)
         }
         Err(why) => {
