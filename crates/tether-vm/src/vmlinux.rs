@@ -233,5 +233,17 @@ mod tests {
             "loaded end {end:#x} is not plausible"
         );
         assert_eq!(loaded_end_of(&bytes), None, "a bzImage is not an ELF file");
+
+        // Ubuntu's kernels are zstd-compressed: the same kernel, recompressed, round-trips.
+        let zst = ruzstd::encoding::compress_to_vec(
+            &vmlinux[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        let img = bz_image(&zst);
+        assert_eq!(payload(&img).unwrap().format, Format::Zstd);
+        assert!(
+            decompress(&img).unwrap() == vmlinux,
+            "zstd round trip differs"
+        );
     }
 }
