@@ -7,7 +7,7 @@
 //! so the host decompresses it once, natively, and the result is cached.
 
 use crate::VmError;
-use object::read::elf::{ElfFile64, ProgramHeader};
+use object::read::elf::{FileHeader, ProgramHeader};
 use object::{elf, Endianness};
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -93,11 +93,10 @@ pub(crate) fn decompress(image: &[u8]) -> Result<Vec<u8>, NotDecompressed> {
 /// one QEMU jumps to when `-kernel` names an ELF file.
 pub(crate) fn has_pvh_entry(kernel: &[u8]) -> bool {
     const XEN_ELFNOTE_PHYS32_ENTRY: elf::NoteType = elf::NoteType(18);
-    let Ok(file) = ElfFile64::<Endianness>::parse(kernel) else {
+    let Some((endian, headers)) = program_headers(kernel) else {
         return false;
     };
-    let endian = file.endian();
-    file.elf_program_headers()
+    headers
         .iter()
         .filter(|ph| ph.p_type(endian) == elf::PT_NOTE)
         .filter_map(|ph| ph.notes(endian, kernel).ok().flatten())
@@ -105,6 +104,14 @@ pub(crate) fn has_pvh_entry(kernel: &[u8]) -> bool {
             std::iter::from_fn(|| notes.next().ok().flatten())
                 .any(|n| n.name() == b"Xen" && n.n_type(endian) == XEN_ELFNOTE_PHYS32_ENTRY)
         })
+}
+
+/// The program headers of 64-bit ELF file `data`, which may be cut short after them (the
+/// section headers, at the end of the file, are not needed).
+fn program_headers(data: &[u8]) -> Option<(Endianness, &[elf::ProgramHeader64<Endianness>])> {
+    let header = elf::FileHeader64::<Endianness>::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    Some((endian, header.program_headers(endian, data).ok()?))
 }
 
 /// The kernel to hand QEMU for bzImage `image`: its decompressed `vmlinux` from the
@@ -154,19 +161,12 @@ pub fn loaded_end(path: &Path) -> Option<u64> {
 }
 
 fn loaded_end_of(head: &[u8]) -> Option<u64> {
-    if head.get(..5)? != b"\x7fELF\x02" {
-        return None;
-    }
-    let u16_at = |o: usize| Some(u16::from_le_bytes(head.get(o..o + 2)?.try_into().ok()?));
-    let u32_at = |o: usize| Some(u32::from_le_bytes(head.get(o..o + 4)?.try_into().ok()?));
-    let u64_at = |o: usize| Some(u64::from_le_bytes(head.get(o..o + 8)?.try_into().ok()?));
-    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
-    let (size, count) = (usize::from(u16_at(0x36)?), usize::from(u16_at(0x38)?));
-    (0..count)
-        .map(|i| phoff + i * size)
-        .filter(|&ph| u32_at(ph) == Some(elf::PT_LOAD.0))
-        .map(|ph| Some(u64_at(ph + 0x18)?.saturating_add(u64_at(ph + 0x28)?)))
-        .try_fold(0u64, |end, e| Some(end.max(e?)))
+    let (endian, headers) = program_headers(head)?;
+    headers
+        .iter()
+        .filter(|ph| ph.p_type(endian) == elf::PT_LOAD)
+        .map(|ph| ph.p_paddr(endian).saturating_add(ph.p_memsz(endian)))
+        .max()
 }
 
 /// Decompressed kernels the cache keeps (about 65 MB each); one per installed kernel used.
