@@ -505,7 +505,8 @@ fn check_memory(memory_mib: u32, kernel: &Path, initrd: &Path) -> Result<(), VmE
 }
 
 /// Below this much memory a guest whose kernel printed nothing before QEMU ended is taken
-/// to have run out of memory: 64 MiB does that with Debian's kernel, 128 boots.
+/// to have run out of memory. It matters for a kernel booted compressed, which
+/// `check_memory` cannot size: Debian's dies that way in 64 MiB and boots in 128.
 const SMALL_GUEST_MIB: u32 = 128;
 
 /// Whether a guest console shows the kernel giving up for want of memory (a guest this

@@ -6,14 +6,11 @@
 //! steered into collisions and a multiplication is enough.
 
 use crate::ConnId;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// A `HashMap` keyed by connection handle.
 pub type ConnIdMap<V> = HashMap<ConnId, V, BuildHasherDefault<ConnIdHasher>>;
-
-/// A `HashSet` of connection handles.
-pub type ConnIdSet = HashSet<ConnId, BuildHasherDefault<ConnIdHasher>>;
 
 /// Fibonacci hashing of the handle's two words: bijective in the low bits (distinct
 /// slots land in distinct buckets) and well mixed in the high bits (which hashbrown uses

@@ -28,4 +28,4 @@ pub use engine::{
     EPHEMERAL_PORT_START,
 };
 pub use header::{Header, HeaderError, Op, SocketType, HEADER_LEN, HOST_CID};
-pub use id_map::{ConnIdHasher, ConnIdMap, ConnIdSet};
+pub use id_map::{ConnIdHasher, ConnIdMap};

@@ -12,7 +12,7 @@
 //! without another one while writers are still waiting.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hash};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 use tether_vsock::{ConnId, ConnIdHasher};
@@ -59,8 +59,7 @@ impl<K: Copy + Eq + Hash> LinkWaiters<K> {
         self.order.push_back((id, ticket));
         if self.order.len() > 2 * self.listed.len() + 16 {
             let listed = &self.listed;
-            self.order
-                .retain(|(i, t)| listed.get(i).is_some_and(|(l, _)| l == t));
+            self.order.retain(|&(i, t)| live(listed, i, t));
         }
     }
 
@@ -74,7 +73,7 @@ impl<K: Copy + Eq + Hash> LinkWaiters<K> {
     /// read only then: every idle flush hands over, mostly to nobody.
     pub fn hand_over(&mut self, now: impl FnOnce() -> Instant) -> Option<Instant> {
         while let Some((id, ticket)) = self.order.pop_front() {
-            if self.listed.get(&id).is_some_and(|(t, _)| *t == ticket) {
+            if live(&self.listed, id, ticket) {
                 let (_, w) = self.listed.remove(&id).expect("just found");
                 w.wake();
                 break;
@@ -109,6 +108,15 @@ impl<K: Copy + Eq + Hash> LinkWaiters<K> {
     fn len(&self) -> usize {
         self.listed.len()
     }
+}
+
+/// Whether `ticket` is still `id`'s place in the queue (not forgotten, nor listed anew).
+fn live<K: Eq + Hash, W>(
+    listed: &HashMap<K, (u64, W), impl BuildHasher>,
+    id: K,
+    ticket: u64,
+) -> bool {
+    listed.get(&id).is_some_and(|(t, _)| *t == ticket)
 }
 
 #[cfg(test)]
