@@ -8,8 +8,10 @@
 //!   streams for tether and yamux), 4 KiB or 64 KiB writes, the receiver reading with a
 //!   64 KiB buffer; each connection's received byte count is checked. "raw" is one
 //!   socketpair moving the cell's bytes with one writer and one reader: what the link
-//!   itself carries. For 100 connections the table also shows 100 socketpairs in
-//!   parallel, which no multiplexer over one link can match. Each cell runs 5 rounds of
+//!   itself carries. For 100 connections the table also shows that socketpair with the
+//!   memory 100 connections touch (its writer takes each write from the next of 100
+//!   buffers, its reader reads into the next of 100), and 100 socketpairs in parallel,
+//!   which no multiplexer over one link can match. Each cell runs 5 rounds of
 //!   1 GiB per transport, the transports taking turns within a round so that the
 //!   machine's slow and fast phases fall on all of them; the table shows the median
 //!   MiB/s and the median (and range) of the per-round ratios;
@@ -23,7 +25,8 @@
 //!
 //! `TETHER_MUX_CELLS=1x64,100x4` runs only those throughput cells (connections x KiB
 //! per write) and, unless the list also names `latency`, no ping-pong; naming `tether`,
-//! `raw` or `yamux` as well measures only the transports named (for profiling one).
+//! `raw`, `rawbufs`, `raweach` or `yamux` as well measures only the transports named (for
+//! profiling one).
 //! `TETHER_MUX_WORKERS=1` runs everything on one tokio worker: CPU time per byte then
 //! varies much less from run to run than throughput on two (compare with `perf stat`).
 //!
@@ -67,13 +70,24 @@ enum Transport {
     Raw,
     /// A socketpair per connection (throughput with 100 connections only).
     RawEach,
+    /// One socketpair whose writer takes its writes in turn from a buffer per connection
+    /// and whose reader reads into a buffer per connection (100 connections only).
+    RawBufs,
     Tether,
     Yamux,
 }
 
-const TRANSPORTS: [Transport; 4] = [
+impl Transport {
+    /// Whether the transport is measured only with many connections.
+    fn per_conn(self) -> bool {
+        matches!(self, Transport::RawEach | Transport::RawBufs)
+    }
+}
+
+const TRANSPORTS: [Transport; 5] = [
     Transport::Raw,
     Transport::RawEach,
+    Transport::RawBufs,
     Transport::Tether,
     Transport::Yamux,
 ];
@@ -121,7 +135,7 @@ impl Plan {
     /// Whether transport `t` is measured: all of them unless the list names some.
     fn measures(&self, t: Transport) -> bool {
         let name = format!("{t:?}").to_lowercase();
-        let names = ["raw", "raweach", "tether", "yamux"];
+        let names = ["raw", "raweach", "rawbufs", "tether", "yamux"];
         match &self.cells {
             Some(c) if c.iter().any(|n| names.contains(&n.as_str())) => c.contains(&name),
             _ => true,
@@ -316,7 +330,7 @@ async fn drive_yamux(
 struct Cell {
     conns: usize,
     write_size: usize,
-    mib_s: [Vec<f64>; 4],
+    mib_s: [Vec<f64>; 5],
 }
 
 impl Cell {
@@ -356,7 +370,7 @@ async fn cell(plan: &Plan, conns: usize, write_size: usize) -> Cell {
     };
     for _ in 0..REPEATS {
         for (i, t) in TRANSPORTS.into_iter().enumerate() {
-            if plan.measures(t) && (conns > 1 || t != Transport::RawEach) {
+            if plan.measures(t) && (conns > 1 || !t.per_conn()) {
                 let mib_s = throughput(t, conns, write_size, plan.cell_bytes).await;
                 cell.mib_s[i].push(mib_s);
             }
@@ -381,6 +395,7 @@ async fn throughput(t: Transport, conns: usize, write_size: usize, cell_bytes: u
     let elapsed = match t {
         Transport::Raw => transfer(raw_pairs(1), write_size, cell_bytes).await,
         Transport::RawEach => transfer(raw_pairs(conns), write_size, per_conn).await,
+        Transport::RawBufs => transfer_spread(conns, write_size, cell_bytes).await,
         Transport::Tether => transfer(tether_pairs(conns).await, write_size, per_conn).await,
         Transport::Yamux => {
             let (pairs, _drivers) = yamux_pairs(conns).await;
@@ -414,6 +429,39 @@ async fn transfer<S: Stream>(pairs: Vec<(S, S)>, write_size: usize, per_conn: u6
         // Each sender's stream lives until its receiver is done, then both close.
         drop(s.await.expect("sender panicked"));
     }
+    elapsed
+}
+
+/// Sends `total` bytes over one socketpair, writing from `bufs` buffers in turn and
+/// reading into `bufs` others in turn; returns the time until the reader saw EOF.
+async fn transfer_spread(bufs: usize, write_size: usize, total: u64) -> Duration {
+    let (mut tx, mut rx) = UnixStream::pair().expect("socketpair");
+    let start = Instant::now();
+    let sender = tokio::spawn(async move {
+        let chunks = vec![vec![0xa5u8; write_size]; bufs];
+        let mut left = total;
+        for chunk in chunks.iter().cycle() {
+            let n = left.min(write_size as u64) as usize;
+            if n == 0 {
+                break;
+            }
+            tx.write_all(&chunk[..n]).await.expect("write");
+            left -= n as u64;
+        }
+        tx.shutdown().await.expect("shutdown");
+        tx
+    });
+    let mut targets = vec![vec![0u8; READ_BUF]; bufs];
+    let mut got = 0u64;
+    for i in (0..bufs).cycle() {
+        match rx.read(&mut targets[i]).await.expect("read") {
+            0 => break,
+            n => got += n as u64,
+        }
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(got, total, "received {got} of {total} bytes");
+    drop(sender.await.expect("sender panicked"));
     elapsed
 }
 
@@ -453,7 +501,7 @@ struct Latency {
 
 async fn latency(t: Transport, plan: &Plan) -> Latency {
     let samples = match t {
-        Transport::Raw | Transport::RawEach => {
+        Transport::Raw | Transport::RawEach | Transport::RawBufs => {
             let (a, b) = raw_pairs(1).pop().expect("one pair");
             ping_pong(a, b, plan).await
         }
@@ -522,15 +570,18 @@ fn print_throughput(plan: &Plan, cells: &[Cell]) {
         "Throughput, one direction over a Unix socketpair, {} tokio worker(s): {REPEATS} \
          rounds of {} MiB per transport (split over the connections), transports taking \
          turns, 64 KiB reads. MiB/s are medians; ratios are the median (range) of the \
-         rounds' ratios. raw: one socketpair, one writer; 100 pairs: a socketpair per \
-         connection.\n",
+         rounds' ratios. raw: one socketpair, one writer and one reader, each with one \
+         buffer; raw, 100 buffers: the same, but writing from and reading into a buffer \
+         per connection in turn (the memory the connections touch); 100 pairs: a \
+         socketpair per connection.\n",
         plan.workers,
         plan.cell_bytes >> 20
     );
     println!(
-        "| case | raw MiB/s | 100 pairs MiB/s | tether MiB/s | yamux MiB/s | tether/raw | tether/yamux |"
+        "| case | raw MiB/s | raw, 100 buffers MiB/s | 100 pairs MiB/s | tether MiB/s | yamux MiB/s \
+         | tether/raw | tether/raw, 100 buffers | tether/yamux |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mib_s = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.0}"));
     let ratio = |r: Option<(f64, f64, f64)>| {
         r.map_or("-".into(), |(m, lo, hi)| {
@@ -540,14 +591,16 @@ fn print_throughput(plan: &Plan, cells: &[Cell]) {
     for c in cells {
         let plural = if c.conns == 1 { "" } else { "s" };
         println!(
-            "| {} conn{plural}, {} KiB writes | {} | {} | {} | {} | {} | {} |",
+            "| {} conn{plural}, {} KiB writes | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.conns,
             c.write_size / KIB,
             mib_s(c.median(Transport::Raw)),
+            mib_s(c.median(Transport::RawBufs)),
             mib_s(c.median(Transport::RawEach)),
             mib_s(c.median(Transport::Tether)),
             mib_s(c.median(Transport::Yamux)),
             ratio(c.ratio(Transport::Tether, Transport::Raw)),
+            ratio(c.ratio(Transport::Tether, Transport::RawBufs)),
             ratio(c.ratio(Transport::Tether, Transport::Yamux)),
         );
     }
