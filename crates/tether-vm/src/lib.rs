@@ -7,7 +7,7 @@ mod cpio;
 pub mod host;
 mod initramfs;
 mod strip;
-mod vmlinux;
+pub mod vmlinux;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -5,6 +5,11 @@
 //! of a 10 s boot here, before the kernel printed a line. QEMU can instead load an
 //! uncompressed `vmlinux` and jump to its PVH entry point (the way Firecracker boots),
 //! so the host decompresses it once, natively, and the result is cached.
+//!
+//! The readers here take whatever image `/boot` holds, which may be truncated or damaged,
+//! so each is bounded: they check lengths before indexing, stop decompressing at
+//! [`MAX_KERNEL`], and answer with a typed error (which means "boot the image as it is")
+//! rather than panic. The `kernel_image` fuzz target feeds them arbitrary bytes.
 
 use crate::VmError;
 use object::read::elf::{FileHeader, ProgramHeader};
@@ -13,9 +18,13 @@ use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+/// Largest decompressed kernel accepted (a distribution's `vmlinux` is 40–70 MB): a
+/// corrupt or hostile image cannot make the host fill its memory.
+pub const MAX_KERNEL: u64 = 512 << 20;
+
 /// Where the compressed kernel lies in a bzImage, and what compressed it.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Payload {
+pub struct Payload {
     /// Offset of the compressed kernel in the file.
     pub start: usize,
     /// The compressor, named as `file` would.
@@ -24,27 +33,37 @@ pub(crate) struct Payload {
 
 /// Compressors the kernel build offers that this module can undo.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Format {
+pub enum Format {
+    /// xz (Debian's kernels).
     Xz,
+    /// zstd (Ubuntu's kernels).
     Zstd,
+    /// gzip (the kernel's default).
     Gzip,
 }
 
 /// Why a kernel is booted as it is instead of decompressed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum NotDecompressed {
+pub enum NotDecompressed {
+    /// The file lacks the x86 boot protocol's header, or its payload lies past its end.
     #[error("not a bzImage (no \"HdrS\" boot header)")]
     NotBzImage,
+    /// The payload starts with no magic number this module knows.
     #[error("its payload is compressed with something other than xz, zstd or gzip")]
     UnknownCompression,
+    /// The decoder failed on the payload.
     #[error("decompressing it failed: {0}")]
     Decompress(std::io::Error),
+    /// The payload decompressed to more than the given limit.
+    #[error("it decompresses to more than {} MiB", .0 >> 20)]
+    TooLarge(u64),
+    /// What came out is not an ELF kernel that QEMU can enter directly.
     #[error("the decompressed kernel has no PVH entry point (CONFIG_PVH)")]
     NoPvhEntry,
 }
 
 /// Finds the compressed kernel inside bzImage `image` (boot protocol 2.08 and later).
-pub(crate) fn payload(image: &[u8]) -> Result<Payload, NotDecompressed> {
+pub fn payload(image: &[u8]) -> Result<Payload, NotDecompressed> {
     if image.len() < 0x250 || &image[0x202..0x206] != b"HdrS" {
         return Err(NotDecompressed::NotBzImage);
     }
@@ -69,20 +88,35 @@ pub(crate) fn payload(image: &[u8]) -> Result<Payload, NotDecompressed> {
     Ok(Payload { start, format })
 }
 
-/// Decompresses the kernel in bzImage `image`. The payload length in the header is not
-/// trusted (it can end short of the stream): each decoder reads to its end of stream.
-pub(crate) fn decompress(image: &[u8]) -> Result<Vec<u8>, NotDecompressed> {
+/// Decompresses the kernel in bzImage `image`, up to [`MAX_KERNEL`] bytes.
+pub fn decompress(image: &[u8]) -> Result<Vec<u8>, NotDecompressed> {
+    decompress_at_most(image, MAX_KERNEL)
+}
+
+/// Decompresses the kernel in bzImage `image`, refusing one of more than `max` bytes. The
+/// payload length in the header is not trusted (it can end short of the stream): each
+/// decoder reads to its end of stream.
+pub fn decompress_at_most(image: &[u8], max: u64) -> Result<Vec<u8>, NotDecompressed> {
     let p = payload(image)?;
     let data = &image[p.start..];
     let mut out = Vec::new();
+    // One byte past the limit tells a kernel of exactly `max` bytes from a larger one.
+    let limit = max.saturating_add(1);
     let read = match p.format {
-        Format::Xz => liblzma::read::XzDecoder::new(data).read_to_end(&mut out),
-        Format::Gzip => flate2::read::GzDecoder::new(data).read_to_end(&mut out),
+        Format::Xz => liblzma::read::XzDecoder::new(data)
+            .take(limit)
+            .read_to_end(&mut out),
+        Format::Gzip => flate2::read::GzDecoder::new(data)
+            .take(limit)
+            .read_to_end(&mut out),
         Format::Zstd => ruzstd::decoding::StreamingDecoder::new(data)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
-            .and_then(|mut d| d.read_to_end(&mut out)),
+            .and_then(|d| d.take(limit).read_to_end(&mut out)),
     };
     read.map_err(NotDecompressed::Decompress)?;
+    if out.len() as u64 > max {
+        return Err(NotDecompressed::TooLarge(max));
+    }
     if !has_pvh_entry(&out) {
         return Err(NotDecompressed::NoPvhEntry);
     }
@@ -91,7 +125,7 @@ pub(crate) fn decompress(image: &[u8]) -> Result<Vec<u8>, NotDecompressed> {
 
 /// Whether ELF `kernel` carries the Xen note that gives its 32-bit PVH entry point, the
 /// one QEMU jumps to when `-kernel` names an ELF file.
-pub(crate) fn has_pvh_entry(kernel: &[u8]) -> bool {
+pub fn has_pvh_entry(kernel: &[u8]) -> bool {
     const XEN_ELFNOTE_PHYS32_ENTRY: elf::NoteType = elf::NoteType(18);
     let Some((endian, headers)) = program_headers(kernel) else {
         return false;
@@ -160,7 +194,9 @@ pub fn loaded_end(path: &Path) -> Option<u64> {
     loaded_end_of(&head)
 }
 
-fn loaded_end_of(head: &[u8]) -> Option<u64> {
+/// Where the kernel whose ELF file starts with `head` ends in guest-physical memory once
+/// loaded; `None` unless `head` holds a 64-bit ELF header and all its program headers.
+pub fn loaded_end_of(head: &[u8]) -> Option<u64> {
     let (endian, headers) = program_headers(head)?;
     headers
         .iter()
@@ -214,6 +250,26 @@ mod tests {
         assert!(matches!(
             payload(&bz_image(b"BZh91AY")),
             Err(NotDecompressed::UnknownCompression)
+        ));
+    }
+
+    #[test]
+    fn a_payload_that_decompresses_beyond_the_limit_is_refused() {
+        use std::io::Write;
+        let mut gz = Vec::new();
+        let mut e = flate2::write::GzEncoder::new(&mut gz, flate2::Compression::best());
+        e.write_all(&vec![0u8; 1 << 20]).unwrap();
+        e.finish().unwrap();
+        let img = bz_image(&gz);
+        assert!(gz.len() < 4096, "a small image, a large kernel");
+        assert!(matches!(
+            decompress_at_most(&img, (1 << 20) - 1),
+            Err(NotDecompressed::TooLarge(_))
+        ));
+        // Exactly at the limit is not too large (it then fails for want of a PVH note).
+        assert!(matches!(
+            decompress_at_most(&img, 1 << 20),
+            Err(NotDecompressed::NoPvhEntry)
         ));
     }
 
