@@ -11,7 +11,7 @@
 //!   itself carries. For 100 connections the table also shows that socketpair with the
 //!   memory 100 connections touch (its writer takes each write from the next of 100
 //!   buffers, its reader reads into the next of 100), and 100 socketpairs in parallel,
-//!   which no multiplexer over one link can match. Each cell runs 5 rounds of
+//!   which no multiplexer over one link can match. Each cell runs 11 rounds of
 //!   1 GiB per transport, the transports taking turns within a round so that the
 //!   machine's slow and fast phases fall on all of them; the table shows the median
 //!   MiB/s and the median (and range) of the per-round ratios;
@@ -48,7 +48,7 @@ const MIB: f64 = (1024 * 1024) as f64;
 /// Bytes moved per throughput run (split evenly over its connections).
 const CELL_BYTES: u64 = 1 << 30;
 /// Runs per throughput cell; the table shows their median.
-const REPEATS: usize = 5;
+const REPEATS: usize = 11;
 /// Ping-pong round trips measured, after the warm-up ones.
 const ROUNDS: usize = 20_000;
 const WARMUP_ROUNDS: usize = 2_000;
@@ -331,6 +331,8 @@ struct Cell {
     conns: usize,
     write_size: usize,
     mib_s: [Vec<f64>; 5],
+    /// CPU time of the whole process per GiB moved, in ms, every round.
+    cpu_ms: [Vec<f64>; 5],
 }
 
 impl Cell {
@@ -340,6 +342,10 @@ impl Cell {
 
     fn median(&self, t: Transport) -> Option<f64> {
         median(self.runs(t).to_vec())
+    }
+
+    fn median_cpu(&self, t: Transport) -> Option<f64> {
+        median(self.cpu_ms[TRANSPORTS.iter().position(|&x| x == t).expect("listed")].clone())
     }
 
     /// The median and range of `a`'s MiB/s over `b`'s, round by round.
@@ -367,12 +373,16 @@ async fn cell(plan: &Plan, conns: usize, write_size: usize) -> Cell {
         conns,
         write_size,
         mib_s: Default::default(),
+        cpu_ms: Default::default(),
     };
     for _ in 0..REPEATS {
         for (i, t) in TRANSPORTS.into_iter().enumerate() {
             if plan.measures(t) && (conns > 1 || !t.per_conn()) {
+                let cpu = cpu_time();
                 let mib_s = throughput(t, conns, write_size, plan.cell_bytes).await;
+                let gib = (plan.cell_bytes / conns as u64 * conns as u64) as f64 / (MIB * 1024.0);
                 cell.mib_s[i].push(mib_s);
+                cell.cpu_ms[i].push((cpu_time() - cpu).as_secs_f64() * 1000.0 / gib);
             }
         }
     }
@@ -387,6 +397,17 @@ async fn cell(plan: &Plan, conns: usize, write_size: usize) -> Cell {
         }
     }
     cell
+}
+
+/// User and system CPU time of the whole process so far: both ends of every transport,
+/// the runtime's workers and the kernel's work for their calls.
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let usage = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
+    let d = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+    };
+    d(usage.user_time()) + d(usage.system_time())
 }
 
 /// MiB/s of `cell_bytes` sent over `conns` connections of `t` in `write_size` writes.
@@ -602,6 +623,31 @@ fn print_throughput(plan: &Plan, cells: &[Cell]) {
             ratio(c.ratio(Transport::Tether, Transport::Raw)),
             ratio(c.ratio(Transport::Tether, Transport::RawBufs)),
             ratio(c.ratio(Transport::Tether, Transport::Yamux)),
+        );
+    }
+    println!();
+    println!(
+        "CPU time per GiB moved, both ends and the kernel's work for them (ms, medians; \
+         connection setup included):\n"
+    );
+    println!("| case | raw | raw, 100 buffers | 100 pairs | tether | yamux | tether/raw |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for c in cells {
+        let plural = if c.conns == 1 { "" } else { "s" };
+        let [raw, each, bufs, tether, yamux] = TRANSPORTS.map(|t| c.median_cpu(t));
+        let per = match (tether, raw) {
+            (Some(t), Some(r)) => format!("{:.2}", t / r),
+            _ => "-".into(),
+        };
+        println!(
+            "| {} conn{plural}, {} KiB writes | {} | {} | {} | {} | {} | {per} |",
+            c.conns,
+            c.write_size / KIB,
+            mib_s(raw),
+            mib_s(bufs),
+            mib_s(each),
+            mib_s(tether),
+            mib_s(yamux),
         );
     }
     println!();
