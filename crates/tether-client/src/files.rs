@@ -82,9 +82,11 @@ impl Client {
 
     /// Copies the guest's file, symlink or tree `src` to `local`, like `cp -r`: into
     /// `local` under its own name when `local` is an existing directory, else as
-    /// `local`. Each file is written to a temporary (`.NAME.tether-XXXXXX`) beside its
-    /// final name and renamed into place only once its SHA-256 matched; a failed or
-    /// abandoned copy leaves no temporary (unless this process is killed outright).
+    /// `local`. Each file is written to a temporary beside its final name and renamed
+    /// into place only once its SHA-256 matched; a failed or abandoned copy leaves no
+    /// temporary. The temporary is unnamed (`O_TMPFILE`) where the filesystem offers it,
+    /// so even a process killed outright leaves none; elsewhere it is named
+    /// `.NAME.tether-XXXXXX`.
     ///
     /// ```no_run
     /// # async fn demo(client: tether_client::Client) -> Result<(), tether_client::ClientError> {

@@ -4,7 +4,8 @@
 //! * [`send_tree`]: a file, symlink or tree walked depth first into ENTRY, FILE_DATA,
 //!   ENTRY_END (the file's SHA-256) and COPY_DONE frames; nothing is followed.
 //! * [`Receiver`]: those frames applied to a destination, with every entry path checked
-//!   ([`entry_components`]), each file written to a temporary ([`temp_name`]) and renamed
+//!   ([`entry_components`]), each file written to a temporary (unnamed where the filesystem allows, else
+//!   [`temp_name`]) and renamed
 //!   into place only once its SHA-256 matched, modes, times and (as root) owners kept.
 //! * [`Root`]: paths resolved anywhere, or confined beneath a directory with
 //!   `openat2(RESOLVE_BENEATH)`.

@@ -5,7 +5,7 @@
 use crate::error::FilesError;
 use crate::paths::{display_join, entry_components, wants_dir};
 use crate::root::Root;
-use crate::temp::Temp;
+use crate::temp::{Temp, TempFile};
 use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::sys::stat::{fchmod, futimens, mkdirat, utimensat, Mode, UtimensatFlags};
@@ -26,8 +26,10 @@ use tether_proto::{CopySummary, EntryKind, ErrorCode, FileEntry, Frame};
 /// as `dest`. Each entry must name the root or a path under it whose directory was sent
 /// before it, depth first.
 ///
-/// Every file is written to a temporary (`.NAME.tether-XXXXXX`) in its final directory
-/// and renamed over its final name only after its SHA-256 matched the sender's; its
+/// Every file is written to a temporary in its final directory (unnamed, `O_TMPFILE`,
+/// where the filesystem offers it, so that even a process killed outright leaves nothing;
+/// else `.NAME.tether-XXXXXX`) and renamed over its final name only after its SHA-256
+/// matched the sender's; its
 /// mode, owner (when this process is root) and modification time are set before the
 /// rename. A directory gets its mode, owner and time once the walk has left it (so a
 /// read-only directory can still be filled, and its time is not disturbed by its
@@ -75,7 +77,7 @@ struct OpenDir {
 
 /// A file whose content is arriving.
 struct Incoming {
-    temp: Temp,
+    temp: TempFile,
     file: std::fs::File,
     entry: FileEntry,
     name: String,
@@ -243,17 +245,8 @@ impl Receiver {
         place: Place,
         hash_here: bool,
     ) -> Result<(), FilesError> {
-        let flags =
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let (temp, fd) = Temp::create(&place.dir, &place.name, |t| {
-            openat(
-                place.dir.as_ref(),
-                t,
-                flags,
-                Mode::from_bits_truncate(0o600),
-            )
-        })
-        .map_err(|err| FilesError::errno(&place.shown, err))?;
+        let (temp, fd) = TempFile::create(&place.dir, &place.name)
+            .map_err(|err| FilesError::errno(&place.shown, err))?;
         self.file = Some(Incoming {
             temp,
             file: std::fs::File::from(fd),
@@ -298,8 +291,8 @@ impl Receiver {
         }
         fchmod(&f.file, mode(&f.entry)).map_err(fail)?;
         futimens(&f.file, &TimeSpec::UTIME_OMIT, &mtime(&f.entry)).map_err(fail)?;
+        f.temp.commit(&f.file, &f.name).map_err(fail)?;
         drop(f.file);
-        f.temp.commit(&f.name).map_err(fail)?;
         self.summary.files += 1;
         self.summary.bytes += f.got;
         Ok(())

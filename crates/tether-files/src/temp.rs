@@ -1,11 +1,18 @@
-//! Temporaries: each file and symlink is made under a name of its own beside its final
-//! name and renamed into place only once complete, so the final name never shows a half
-//! file. The names are recognizably tether's (`.NAME.tether-XXXXXX`) for whoever finds
-//! one left by a copy that was killed outright.
+//! Temporaries: each file and symlink is made beside its final name and renamed into
+//! place only once complete, so the final name never shows a half file.
+//!
+//! A file's content goes into an unnamed file (`O_TMPFILE`) where the filesystem offers
+//! one (ext4, xfs, btrfs, tmpfs, overlayfs from Linux 6.6): a copy killed outright then
+//! leaves nothing behind, since the kernel frees an unnamed file with its last
+//! descriptor. It gets a name only once complete, just before the rename. Elsewhere, and
+//! for symlinks, the temporary is named from the start; such names are recognizably
+//! tether's (`.NAME.tether-XXXXXX`) for whoever finds one left by a killed copy.
 
 use nix::errno::Errno;
+use nix::fcntl::{openat, AtFlags, OFlag};
+use nix::sys::stat::Mode;
 use nix::unistd::UnlinkatFlags;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 /// The marker in every temporary's name.
@@ -89,6 +96,82 @@ impl Temp {
     }
 }
 
+/// Where a received file's content is written until it is complete.
+pub(crate) struct TempFile {
+    dir: Arc<OwnedFd>,
+    /// `None` while the file is unnamed (`O_TMPFILE`).
+    named: Option<Temp>,
+}
+
+impl TempFile {
+    /// A file for `final_name`'s content in `dir`, open for writing: unnamed where the
+    /// filesystem allows it, else under a temporary name.
+    pub(crate) fn create(
+        dir: &Arc<OwnedFd>,
+        final_name: &str,
+    ) -> Result<(TempFile, OwnedFd), Errno> {
+        // An unnamed file is named later through /proc/self/fd, which needs no privilege
+        // (AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH); without /proc, name it now.
+        if std::path::Path::new("/proc/self/fd").is_dir() {
+            let flags = OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
+            // Any failure (EOPNOTSUPP, or EISDIR from kernels without O_TMPFILE) leaves
+            // the named way, which reports what is really wrong, if anything.
+            if let Ok(fd) = openat(dir.as_ref(), ".", flags, Mode::from_bits_truncate(0o600)) {
+                let temp = TempFile {
+                    dir: dir.clone(),
+                    named: None,
+                };
+                return Ok((temp, fd));
+            }
+        }
+        Self::create_named(dir, final_name)
+    }
+
+    /// A file for `final_name`'s content in `dir` under a temporary name.
+    fn create_named(dir: &Arc<OwnedFd>, final_name: &str) -> Result<(TempFile, OwnedFd), Errno> {
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let (temp, fd) = Temp::create(dir, final_name, |t| {
+            openat(dir.as_ref(), t, flags, Mode::from_bits_truncate(0o600))
+        })?;
+        let temp = TempFile {
+            dir: dir.clone(),
+            named: Some(temp),
+        };
+        Ok((temp, fd))
+    }
+
+    /// Puts the complete content of `file` (the descriptor [`TempFile::create`] gave) in
+    /// place as `final_name`, replacing what is there, atomically.
+    pub(crate) fn commit(self, file: &impl AsRawFd, final_name: &str) -> Result<(), Errno> {
+        let temp = match self.named {
+            Some(temp) => temp,
+            // linkat cannot replace a file, so the unnamed file gets a temporary name
+            // first, for the moment until the rename.
+            None => {
+                let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+                let (temp, ()) = Temp::create(&self.dir, final_name, |t| {
+                    nix::unistd::linkat(
+                        nix::fcntl::AT_FDCWD,
+                        proc_path.as_str(),
+                        self.dir.as_ref(),
+                        t,
+                        AtFlags::AT_SYMLINK_FOLLOW,
+                    )
+                })?;
+                temp
+            }
+        };
+        temp.commit(final_name)
+    }
+
+    /// Whether the content is being written to an unnamed file.
+    #[cfg(test)]
+    fn is_unnamed(&self) -> bool {
+        self.named.is_none()
+    }
+}
+
 impl Drop for Temp {
     fn drop(&mut self) {
         if self.live {
@@ -114,5 +197,62 @@ mod tests {
         assert!(!is_temp_name("x"));
         assert!(!is_temp_name(".x.tether-ab"));
         assert!(is_temp_name(&temp_name(&"n".repeat(255))));
+    }
+
+    fn names(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn open_dir(path: &std::path::Path) -> Arc<OwnedFd> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        Arc::new(nix::fcntl::open(path, flags, Mode::empty()).unwrap())
+    }
+
+    #[test]
+    fn an_unnamed_file_shows_nowhere_until_committed_and_is_gone_if_never_committed() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = open_dir(t.path());
+        std::fs::write(t.path().join("f"), "old").unwrap();
+        let (temp, fd) = TempFile::create(&dir, "f").unwrap();
+        assert!(temp.is_unnamed(), "ext4 and tmpfs offer O_TMPFILE");
+        let mut file = std::fs::File::from(fd);
+        std::io::Write::write_all(&mut file, b"new content").unwrap();
+        assert_eq!(names(t.path()), ["f"], "nothing shows while it is written");
+        temp.commit(&file, "f").unwrap();
+        drop(file);
+        assert_eq!(names(t.path()), ["f"]);
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("f")).unwrap(),
+            "new content"
+        );
+
+        // A copy killed outright runs no destructor: leaking both leaves no trace.
+        let (temp, fd) = TempFile::create(&dir, "g").unwrap();
+        nix::unistd::write(&fd, b"half").unwrap();
+        std::mem::forget(temp);
+        drop(fd);
+        assert_eq!(names(t.path()), ["f"]);
+    }
+
+    #[test]
+    fn a_named_temporary_shows_under_a_temporary_name_and_commits_the_same_way() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = open_dir(t.path());
+        let (temp, fd) = TempFile::create_named(&dir, "f").unwrap();
+        assert!(!temp.is_unnamed());
+        nix::unistd::write(&fd, b"data").unwrap();
+        let during = names(t.path());
+        assert!(
+            during.len() == 1 && during[0].starts_with(".f.tether-"),
+            "{during:?}"
+        );
+        temp.commit(&fd, "f").unwrap();
+        assert_eq!(names(t.path()), ["f"]);
+        assert_eq!(std::fs::read_to_string(t.path().join("f")).unwrap(), "data");
     }
 }
