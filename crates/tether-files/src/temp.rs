@@ -12,8 +12,9 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::sys::stat::Mode;
 use nix::unistd::UnlinkatFlags;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// The marker in every temporary's name.
 pub const TEMP_MARKER: &str = ".tether-";
@@ -110,9 +111,10 @@ impl TempFile {
         dir: &Arc<OwnedFd>,
         final_name: &str,
     ) -> Result<(TempFile, OwnedFd), Errno> {
-        // An unnamed file is named later through /proc/self/fd, which needs no privilege
-        // (AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH); without /proc, name it now.
-        if std::path::Path::new("/proc/self/fd").is_dir() {
+        // An unnamed file is named later through /proc/self/fd where AT_EMPTY_PATH is
+        // not allowed (it needs CAP_DAC_READ_SEARCH); without /proc, name it now.
+        static PROC_FD: OnceLock<bool> = OnceLock::new();
+        if *PROC_FD.get_or_init(|| std::path::Path::new("/proc/self/fd").is_dir()) {
             let flags = OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
             // Any failure (EOPNOTSUPP, or EISDIR from kernels without O_TMPFILE) leaves
             // the named way, which reports what is really wrong, if anything.
@@ -143,22 +145,14 @@ impl TempFile {
 
     /// Puts the complete content of `file` (the descriptor [`TempFile::create`] gave) in
     /// place as `final_name`, replacing what is there, atomically.
-    pub(crate) fn commit(self, file: &impl AsRawFd, final_name: &str) -> Result<(), Errno> {
+    pub(crate) fn commit(self, file: &impl AsFd, final_name: &str) -> Result<(), Errno> {
         let temp = match self.named {
             Some(temp) => temp,
             // linkat cannot replace a file, so the unnamed file gets a temporary name
             // first, for the moment until the rename.
             None => {
-                let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
-                let (temp, ()) = Temp::create(&self.dir, final_name, |t| {
-                    nix::unistd::linkat(
-                        nix::fcntl::AT_FDCWD,
-                        proc_path.as_str(),
-                        self.dir.as_ref(),
-                        t,
-                        AtFlags::AT_SYMLINK_FOLLOW,
-                    )
-                })?;
+                let (temp, ()) =
+                    Temp::create(&self.dir, final_name, |t| link_unnamed(file, &self.dir, t))?;
                 temp
             }
         };
@@ -170,6 +164,34 @@ impl TempFile {
     fn is_unnamed(&self) -> bool {
         self.named.is_none()
     }
+}
+
+/// Gives unnamed file `file` the name `name` in `dir`: by its descriptor when this process
+/// may (root, as the agent usually is: no path walk), else through /proc/self/fd.
+fn link_unnamed(file: &impl AsFd, dir: &OwnedFd, name: &str) -> Result<(), Errno> {
+    // Set once AT_EMPTY_PATH is refused, so unprivileged copies do not ask every time.
+    static EMPTY_PATH_REFUSED: AtomicBool = AtomicBool::new(false);
+    if !EMPTY_PATH_REFUSED.load(Ordering::Relaxed) {
+        match nix::unistd::linkat(file.as_fd(), "", dir, name, AtFlags::AT_EMPTY_PATH) {
+            Err(Errno::EPERM | Errno::ENOENT | Errno::EACCES) => {
+                EMPTY_PATH_REFUSED.store(true, Ordering::Relaxed);
+            }
+            done => return done,
+        }
+    }
+    link_by_proc(file, dir, name)
+}
+
+/// [`link_unnamed`] through /proc/self/fd, which any user may do.
+fn link_by_proc(file: &impl AsFd, dir: &OwnedFd, name: &str) -> Result<(), Errno> {
+    let proc_path = format!("/proc/self/fd/{}", file.as_fd().as_raw_fd());
+    nix::unistd::linkat(
+        nix::fcntl::AT_FDCWD,
+        proc_path.as_str(),
+        dir,
+        name,
+        AtFlags::AT_SYMLINK_FOLLOW,
+    )
 }
 
 impl Drop for Temp {
@@ -237,6 +259,21 @@ mod tests {
         std::mem::forget(temp);
         drop(fd);
         assert_eq!(names(t.path()), ["f"]);
+    }
+
+    #[test]
+    fn an_unprivileged_process_names_an_unnamed_file_through_proc() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = open_dir(t.path());
+        let (temp, fd) = TempFile::create(&dir, "f").unwrap();
+        assert!(temp.is_unnamed());
+        nix::unistd::write(&fd, b"via proc").unwrap();
+        link_by_proc(&fd, &dir, "named").unwrap();
+        assert_eq!(names(t.path()), ["named"]);
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("named")).unwrap(),
+            "via proc"
+        );
     }
 
     #[test]
