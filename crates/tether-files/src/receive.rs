@@ -29,12 +29,11 @@ use tether_proto::{CopySummary, EntryKind, ErrorCode, FileEntry, Frame};
 /// Every file is written to a temporary in its final directory (unnamed, `O_TMPFILE`,
 /// where the filesystem offers it, so that even a process killed outright leaves nothing;
 /// else `.NAME.tether-XXXXXX`) and renamed over its final name only after its SHA-256
-/// matched the sender's; its
-/// mode, owner (when this process is root) and modification time are set before the
-/// rename. A directory gets its mode, owner and time once the walk has left it (so a
-/// read-only directory can still be filled, and its time is not disturbed by its
-/// contents). Dropping the receiver before COPY_DONE removes the temporary of a file in
-/// flight; what was renamed into place stays.
+/// matched the sender's; its mode, owner (when this process is root) and modification
+/// time are set before the rename. A directory gets its mode, owner and time once the
+/// walk has left it (so a read-only directory can still be filled, and its time is not
+/// disturbed by its contents). Dropping the receiver before COPY_DONE removes the
+/// temporary of a file in flight; what was renamed into place stays.
 ///
 /// ```no_run
 /// use tether_files::{send_tree, Receiver, Root};
