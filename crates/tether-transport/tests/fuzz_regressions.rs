@@ -1,22 +1,15 @@
 //! Replays the inputs kept under fuzz/regressions/mux_link through the fuzz target's
 //! body, so every crash ever found stays fixed without a nightly toolchain.
 
+#[path = "../../../fuzz/regressions/replay.rs"]
+mod replay;
+
 #[path = "support/fuzz_mux_link.rs"]
 mod fuzz_mux_link;
 
 #[test]
 fn mux_link_regressions_and_seeds() {
-    let dir = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../fuzz/regressions/mux_link"
-    );
-    let mut count = 0;
-    for entry in std::fs::read_dir(dir).expect("regression directory exists") {
-        let path = entry.unwrap().path();
-        fuzz_mux_link::run(&std::fs::read(&path).unwrap());
-        count += 1;
-    }
-    assert!(count > 0, "no inputs in {dir}");
+    replay::each_input("mux_link", fuzz_mux_link::run);
 }
 
 #[test]
@@ -41,14 +34,5 @@ mod fuzz_endpoint;
 
 #[test]
 fn endpoint_regressions_and_seeds() {
-    let dir = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../fuzz/regressions/endpoint"
-    );
-    let mut count = 0;
-    for entry in std::fs::read_dir(dir).expect("regression directory exists") {
-        fuzz_endpoint::run(&std::fs::read(entry.unwrap().path()).unwrap());
-        count += 1;
-    }
-    assert!(count > 0, "no inputs in {dir}");
+    replay::each_input("endpoint", fuzz_endpoint::run);
 }

@@ -1,20 +1,14 @@
 //! Replays fuzz/regressions/kernel_image through the fuzz target's body.
 
+#[path = "../../../fuzz/regressions/replay.rs"]
+mod replay;
+
 #[path = "support/fuzz_kernel_image.rs"]
 mod fuzz_kernel_image;
 
 #[test]
 fn kernel_image_regressions_and_seeds() {
-    let dir = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../fuzz/regressions/kernel_image"
-    );
-    let mut count = 0;
-    for entry in std::fs::read_dir(dir).expect("regression directory exists") {
-        fuzz_kernel_image::run(&std::fs::read(entry.unwrap().path()).unwrap());
-        count += 1;
-    }
-    assert!(count > 0, "no inputs in {dir}");
+    replay::each_input("kernel_image", fuzz_kernel_image::run);
 }
 
 /// The hand-made seeds reach the readers' far ends: a kernel comes out of each compressor,
@@ -22,13 +16,8 @@ fn kernel_image_regressions_and_seeds() {
 #[test]
 fn the_seeds_decompress_to_a_pvh_kernel() {
     use tether_vm::vmlinux::{decompress, has_pvh_entry, loaded_end_of, NotDecompressed};
-    let seed = |name: &str| {
-        let dir = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../fuzz/regressions/kernel_image"
-        );
-        std::fs::read(format!("{dir}/{name}")).expect("seed exists")
-    };
+    let seed =
+        |name: &str| std::fs::read(replay::dir("kernel_image").join(name)).expect("seed exists");
     let elf = seed("seed-elf-with-pvh-note");
     assert!(has_pvh_entry(&elf));
     assert_eq!(loaded_end_of(&elf), Some(0x1000000 + 0x2000000));
