@@ -30,10 +30,16 @@
 //! `TETHER_MUX_WORKERS=1` runs everything on one tokio worker: CPU time per byte then
 //! varies much less from run to run than throughput on two (compare with `perf stat`).
 //!
+//! `TETHER_MUX_LAYOUT=ends` puts the two ends of every transport in two runtimes of one
+//! worker each, as a host and its guest are: the writing end (and, for tether and yamux,
+//! its link driver) in one, the reading end in the other. Without it both ends share one
+//! runtime of `TETHER_MUX_WORKERS` workers, as the issue's bench asks.
+//!
 //! Markdown tables go to stdout, progress to stderr.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::sync::OnceLock;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 use tether_transport::mux::{Mux, MuxConfig, MuxStream};
@@ -102,8 +108,10 @@ struct Plan {
     warmup: usize,
     /// The `TETHER_MUX_CELLS` list; `None` runs everything.
     cells: Option<Vec<String>>,
-    /// Tokio workers (`TETHER_MUX_WORKERS`, 2 unless set).
+    /// Tokio workers (`TETHER_MUX_WORKERS`, 2 unless set; 1 per end with `ends`).
     workers: usize,
+    /// Each end in its own runtime (`TETHER_MUX_LAYOUT=ends`).
+    ends: bool,
 }
 
 impl Plan {
@@ -122,6 +130,7 @@ impl Plan {
                 .and_then(|v| v.parse().ok())
                 .filter(|&n| n > 0)
                 .unwrap_or(2),
+            ends: std::env::var("TETHER_MUX_LAYOUT").is_ok_and(|v| v == "ends"),
         }
     }
 
@@ -143,13 +152,45 @@ impl Plan {
     }
 }
 
-fn main() {
-    let plan = Plan::from_env();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(plan.workers)
+/// The reading end's runtime under `TETHER_MUX_LAYOUT=ends`.
+static FAR: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
-        .expect("tokio runtime");
+        .expect("tokio runtime")
+}
+
+/// Runs `f` in the reading end's runtime: what it creates registers there and what it
+/// spawns runs there.
+fn at_far_end<T>(f: impl FnOnce() -> T) -> T {
+    match FAR.get() {
+        Some(far) => {
+            let _guard = far.enter();
+            f()
+        }
+        None => f(),
+    }
+}
+
+/// Spawns a task of the reading end.
+fn spawn_far<F>(task: F) -> JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    at_far_end(|| tokio::spawn(task))
+}
+
+fn main() {
+    let mut plan = Plan::from_env();
+    if plan.ends {
+        plan.workers = 1;
+        FAR.set(runtime(1)).expect("set once");
+    }
+    let rt = runtime(plan.workers);
     // Spawned, so that the bench itself runs on the two workers and not on this thread.
     rt.block_on(async move { tokio::spawn(async move { run(&plan).await }).await })
         .expect("benchmark task panicked");
@@ -189,17 +230,25 @@ async fn run(plan: &Plan) {
 
 /// `n` raw socketpairs.
 fn raw_pairs(n: usize) -> Vec<(UnixStream, UnixStream)> {
-    (0..n)
-        .map(|_| UnixStream::pair().expect("socketpair"))
-        .collect()
+    (0..n).map(|_| pair()).collect()
+}
+
+/// A socketpair whose second end belongs to the reading end's runtime.
+fn pair() -> (UnixStream, UnixStream) {
+    let (a, b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    let tokio_end = |s: std::os::unix::net::UnixStream| {
+        s.set_nonblocking(true).expect("nonblocking");
+        UnixStream::from_std(s).expect("register socket")
+    };
+    (tokio_end(a), at_far_end(|| tokio_end(b)))
 }
 
 /// `n` tether connections over one mux link: (host end, guest end).
 async fn tether_pairs(n: usize) -> Vec<(MuxStream, MuxStream)> {
-    let (a, b) = UnixStream::pair().expect("socketpair");
+    let (a, b) = pair();
     let ((ar, aw), (br, bw)) = (a.into_split(), b.into_split());
     let host = Mux::from_halves(ar, aw, MuxConfig::host());
-    let guest = Mux::from_halves(br, bw, MuxConfig::guest(3));
+    let guest = at_far_end(|| Mux::from_halves(br, bw, MuxConfig::guest(3)));
     let mut listener = guest.listen(PORT).expect("listen");
     let mut pairs = Vec::with_capacity(n);
     for _ in 0..n {
@@ -216,9 +265,9 @@ type YamuxStream = Compat<yamux::Stream>;
 /// `n` yamux streams over one link: (client end, server end). The driver tasks stop
 /// when the returned guard drops.
 async fn yamux_pairs(n: usize) -> (Vec<(YamuxStream, YamuxStream)>, AbortOnDrop) {
-    let (a, b) = UnixStream::pair().expect("socketpair");
+    let (a, b) = pair();
     let (client, client_task) = YamuxLink::spawn(a, yamux::Mode::Client, n);
-    let (mut server, server_task) = YamuxLink::spawn(b, yamux::Mode::Server, n);
+    let (mut server, server_task) = at_far_end(|| YamuxLink::spawn(b, yamux::Mode::Server, n));
     let mut pairs = Vec::with_capacity(n);
     for _ in 0..n {
         // A yamux stream reaches the peer with its first frame: send one byte to pair up.
@@ -434,7 +483,7 @@ async fn transfer<S: Stream>(pairs: Vec<(S, S)>, write_size: usize, per_conn: u6
     let mut receivers = Vec::with_capacity(pairs.len());
     for (tx, rx) in pairs {
         senders.push(tokio::spawn(send(tx, write_size, per_conn)));
-        receivers.push(tokio::spawn(receive(rx)));
+        receivers.push(spawn_far(receive(rx)));
     }
     let mut finished = Vec::with_capacity(receivers.len());
     for (i, r) in receivers.into_iter().enumerate() {
@@ -456,7 +505,7 @@ async fn transfer<S: Stream>(pairs: Vec<(S, S)>, write_size: usize, per_conn: u6
 /// Sends `total` bytes over one socketpair, writing from `bufs` buffers in turn and
 /// reading into `bufs` others in turn; returns the time until the reader saw EOF.
 async fn transfer_spread(bufs: usize, write_size: usize, total: u64) -> Duration {
-    let (mut tx, mut rx) = UnixStream::pair().expect("socketpair");
+    let (mut tx, mut rx) = pair();
     let start = Instant::now();
     let sender = tokio::spawn(async move {
         let chunks = vec![vec![0xa5u8; write_size]; bufs];
@@ -472,14 +521,19 @@ async fn transfer_spread(bufs: usize, write_size: usize, total: u64) -> Duration
         tx.shutdown().await.expect("shutdown");
         tx
     });
-    let mut targets = vec![vec![0u8; READ_BUF]; bufs];
-    let mut got = 0u64;
-    for i in (0..bufs).cycle() {
-        match rx.read(&mut targets[i]).await.expect("read") {
-            0 => break,
-            n => got += n as u64,
+    let got = spawn_far(async move {
+        let mut targets = vec![vec![0u8; READ_BUF]; bufs];
+        let mut got = 0u64;
+        for i in (0..bufs).cycle() {
+            match rx.read(&mut targets[i]).await.expect("read") {
+                0 => break,
+                n => got += n as u64,
+            }
         }
-    }
+        got
+    })
+    .await
+    .expect("reader panicked");
     let elapsed = start.elapsed();
     assert_eq!(got, total, "received {got} of {total} bytes");
     drop(sender.await.expect("sender panicked"));
@@ -542,7 +596,7 @@ async fn latency(t: Transport, plan: &Plan) -> Latency {
 /// Sends one byte from `a`, echoed back by `b`, `warmup + rounds` times; returns the
 /// round-trip time of the last `rounds`.
 async fn ping_pong<S: Stream>(mut a: S, b: S, plan: &Plan) -> Vec<Duration> {
-    let echo = tokio::spawn(echo(b));
+    let echo = spawn_far(echo(b));
     let mut samples = Vec::with_capacity(plan.rounds);
     for i in 0..plan.warmup + plan.rounds {
         let ping = [i as u8];
@@ -588,14 +642,14 @@ fn percentiles(mut samples: Vec<Duration>) -> Latency {
 
 fn print_throughput(plan: &Plan, cells: &[Cell]) {
     println!(
-        "Throughput, one direction over a Unix socketpair, {} tokio worker(s): {REPEATS} \
+        "Throughput, one direction over a Unix socketpair, {}: {REPEATS} \
          rounds of {} MiB per transport (split over the connections), transports taking \
          turns, 64 KiB reads. MiB/s are medians; ratios are the median (range) of the \
          rounds' ratios. raw: one socketpair, one writer and one reader, each with one \
          buffer; raw, 100 buffers: the same, but writing from and reading into a buffer \
          per connection in turn (the memory the connections touch); 100 pairs: a \
          socketpair per connection.\n",
-        plan.workers,
+        layout(plan),
         plan.cell_bytes >> 20
     );
     println!(
@@ -653,10 +707,25 @@ fn print_throughput(plan: &Plan, cells: &[Cell]) {
     println!();
 }
 
+/// Where the two ends ran, for the tables' captions.
+fn layout(plan: &Plan) -> String {
+    if plan.ends {
+        "each end in its own tokio runtime of 1 worker".into()
+    } else {
+        format!(
+            "both ends in one tokio runtime of {} worker(s)",
+            plan.workers
+        )
+    }
+}
+
 fn print_latency(plan: &Plan, rows: &[(Transport, Latency)]) {
     println!(
-        "Round trip of a 1-byte ping-pong on one connection, {} round trips after {} warm-up.\n",
-        plan.rounds, plan.warmup
+        "Round trip of a 1-byte ping-pong on one connection, {}, {} round trips after {} \
+         warm-up.\n",
+        layout(plan),
+        plan.rounds,
+        plan.warmup
     );
     let raw_p50 = rows
         .iter()
