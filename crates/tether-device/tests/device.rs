@@ -11,6 +11,7 @@ use std::io::Write;
 use std::net::Shutdown as NetShutdown;
 use std::os::unix::net::UnixStream;
 use support::*;
+use tether_testkit::pattern;
 use tether_vsock::header::shutdown;
 use tether_vsock::{Header, Op, SocketType, EPHEMERAL_PORT_START, HEADER_LEN, HOST_CID};
 
@@ -92,8 +93,8 @@ fn guest_connection_carries_a_mebibyte_each_way_in_every_tx_layout() {
         assert!(conn.established, "{layout:?}: guest connect refused");
         let mut host = accept_host(&mut d, &listener);
 
-        let up = pattern(MIB, 2 * i as u64);
-        let down = pattern(MIB, 2 * i as u64 + 1);
+        let up = pattern(2 * i as u64, MIB);
+        let down = pattern(2 * i as u64 + 1, MIB);
         let at_host = exchange(&mut d, &mut conn, &mut host, &up, &down, layout);
         assert!(at_host == up, "{layout:?}: guest-to-host bytes differ");
         assert!(
@@ -178,7 +179,7 @@ fn host_burst_into_small_buffers(rx: RxLayout) -> GuestConn {
     // The guest stops posting buffers; the host writes in small pieces, each read by
     // the device separately.
     d.use_up_rx_buffers();
-    let data = pattern(200 * 64 + 50_000, 9);
+    let data = pattern(9, 200 * 64 + 50_000);
     for piece in data[..200 * 64].chunks(200) {
         host.write_all(piece).expect("host write");
         d.pump();
@@ -252,7 +253,7 @@ fn host_half_close_reaches_the_guest_and_guest_data_still_flows() {
     assert_eq!(conn.received, b"last words", "data before the SHUTDOWN");
 
     // The guest can still talk to the host.
-    let up = pattern(300_000, 3);
+    let up = pattern(3, 300_000);
     let mut at_host = Vec::new();
     let mut sent = 0;
     d.pump_until("guest data after the host's half-close", |d| {
@@ -291,7 +292,7 @@ fn guest_half_close_gives_the_host_eof_and_host_data_still_flows() {
     });
     assert_eq!(at_host, b"bye");
 
-    let down = pattern(300_000, 4);
+    let down = pattern(4, 300_000);
     let mut sent = 0;
     d.pump_until("host data after the guest's half-close", |d| {
         d.deliver(&mut conn);
@@ -320,7 +321,7 @@ fn device_respects_the_credit_the_guest_grants() {
         conn.established
     });
     let mut host = accept_host(&mut d, &listener);
-    let data = pattern(64 * 1024, 5);
+    let data = pattern(5, 64 * 1024);
     host.write_all(&data).expect("host write");
 
     let mut granted = WINDOW;
@@ -471,12 +472,12 @@ fn malformed_chains_are_counted_answered_or_dropped_and_the_device_carries_on() 
         &mut d,
         &mut conn,
         &mut host,
-        &pattern(100_000, 6),
-        &pattern(100_000, 7),
+        &pattern(6, 100_000),
+        &pattern(7, 100_000),
         TxLayout::Indirect(2),
     );
-    assert!(at_host == pattern(100_000, 6));
-    assert!(conn.received == pattern(100_000, 7));
+    assert!(at_host == pattern(6, 100_000));
+    assert!(conn.received == pattern(7, 100_000));
 }
 
 #[test]

@@ -10,27 +10,10 @@ mod support;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
+use tether_testkit::{pseudo_random_inputs, replay};
 
 /// A replay taking longer than this is a hang: the device's loops must terminate.
 const HANG: Duration = Duration::from_secs(20);
-
-fn regressions() -> Vec<(PathBuf, Vec<u8>)> {
-    let dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/device_chains");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.expect("directory entry").path())
-        .filter(|p| p.is_file() && p.extension().is_none_or(|e| e != "md"))
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            let data = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            (p, data)
-        })
-        .collect()
-}
 
 /// Runs one input on its own thread so that a hang fails the test instead of stalling
 /// it (the stuck thread is left behind until the binary exits).
@@ -49,34 +32,16 @@ fn replay(path: &std::path::Path, data: Vec<u8>, run: fn(&[u8])) -> Result<(), S
 
 #[test]
 fn device_chains_regressions_stay_fixed() {
-    let cases: Vec<_> = regressions().into_iter().collect();
-    assert!(!cases.is_empty(), "no saved device_chains inputs found");
-    let failures: Vec<String> = cases
+    let failures: Vec<String> = replay::inputs("device_chains")
         .into_iter()
-        .filter_map(|(p, data)| replay(&p, data, fuzz_chains::run).err())
+        .filter_map(|input| replay(&input.path, input.data, fuzz_chains::run).err())
         .collect();
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-/// Deterministic inputs of assorted lengths: keeps the interpreter honest (it must
-/// accept anything) and gives the device a small fuzz run under `cargo test`.
-fn pseudo_random_inputs(count: usize, seed: u64) -> impl Iterator<Item = Vec<u8>> {
-    let mut x = seed | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    (0..count).map(move |_| {
-        let len = (next() % 700) as usize;
-        (0..len).map(|_| next() as u8).collect()
-    })
-}
-
 #[test]
 fn device_chains_interpreter_survives_pseudo_random_inputs() {
-    for (i, input) in pseudo_random_inputs(300, 0xde71_ce5e_ed00).enumerate() {
+    for (i, input) in pseudo_random_inputs(300, 0xde71_ce5e_ed00, 700).enumerate() {
         let name = format!("pseudo-random input #{i}");
         replay(std::path::Path::new(&name), input, fuzz_chains::run)
             .unwrap_or_else(|e| panic!("{e}"));

@@ -1,7 +1,6 @@
 //! Replays fuzz/regressions/agent_frames through the fuzz target's body.
 
-#[path = "../../../fuzz/regressions/replay.rs"]
-mod replay;
+use tether_testkit::replay;
 
 #[path = "support/fuzz_agent_frames.rs"]
 mod fuzz_agent_frames;

@@ -2,6 +2,7 @@
 
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
+use tether_testkit::pattern;
 use tether_transport::mux::{CharDevice, LinkStatus, Mux, MuxConfig, MuxError};
 use tether_vsock::CloseReason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,6 +22,11 @@ fn pair() -> (Mux, Mux) {
 /// flush or wake is not rescued by the request timer and shows as a stall.
 fn patient_pair() -> (Mux, Mux) {
     let (a, b) = UnixStream::pair().unwrap();
+    patient_pair_over(a, b)
+}
+
+/// Patient host and guest ends over the two ends of a socketpair.
+fn patient_pair_over(a: UnixStream, b: UnixStream) -> (Mux, Mux) {
     let ((ar, aw), (br, bw)) = (a.into_split(), b.into_split());
     let patient = |mut c: MuxConfig| {
         c.credit_request_delay = Duration::from_secs(3600);
@@ -30,19 +36,6 @@ fn patient_pair() -> (Mux, Mux) {
         Mux::from_halves(ar, aw, patient(MuxConfig::host())),
         Mux::from_halves(br, bw, patient(MuxConfig::guest(3))),
     )
-}
-
-/// Deterministic pseudo-random bytes so both ends can check content, not just length.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -553,6 +546,70 @@ async fn small_writes_stream_through_without_stalling() {
         .unwrap();
     assert_eq!(total, TOTAL);
     drop(writer.await.unwrap());
+}
+
+/// Round trips on one connection while a bulk transfer on another keeps the link full, so
+/// that writes keep finding it full and hand the rest of their packet to the writer task
+/// while both runtime workers race for the link's write half. A hand-over lost in that
+/// race left a ping unsent for good (the stalled-reader test met it about once in 25 runs
+/// on a loaded machine). Credit requests are put off for an hour so no timer rescues one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trips_beside_a_full_link_never_stall() {
+    const ROUND_TRIPS: usize = 20_000;
+    let (host, guest) = patient_pair_with_small_buffers();
+    let (mut bulk_l, mut ping_l) = (guest.listen(1).unwrap(), guest.listen(2).unwrap());
+    let mut bulk = host.connect(1).await.unwrap();
+    let mut bulk_rx = bulk_l.accept().await.unwrap();
+    let mut ping = host.connect(2).await.unwrap();
+    let mut pong = ping_l.accept().await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_writer = stop.clone();
+    let writer = tokio::spawn(async move {
+        let block = pattern(3, 64 * 1024);
+        while !stop_writer.load(std::sync::atomic::Ordering::Relaxed) {
+            bulk.write_all(&block).await.unwrap();
+        }
+        bulk.shutdown().await.unwrap();
+        bulk
+    });
+    let drain = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while bulk_rx.read(&mut buf).await.unwrap() > 0 {}
+    });
+    let echo = tokio::spawn(async move {
+        let mut b = [0u8; 1];
+        while pong.read_exact(&mut b).await.is_ok() {
+            pong.write_all(&b).await.unwrap();
+        }
+    });
+    for i in 0..ROUND_TRIPS {
+        let round_trip = async {
+            ping.write_all(&[i as u8]).await.unwrap();
+            let mut b = [0u8; 1];
+            ping.read_exact(&mut b).await.unwrap();
+            b[0]
+        };
+        let got = tokio::time::timeout(Duration::from_secs(10), round_trip)
+            .await
+            .unwrap_or_else(|_| panic!("round trip {i} of {ROUND_TRIPS} stalled"));
+        assert_eq!(got, i as u8);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(writer.await.unwrap());
+    drain.await.unwrap();
+    drop(ping);
+    echo.await.unwrap();
+}
+
+/// [`patient_pair`] over a socketpair with the smallest send buffers the kernel allows,
+/// so that the link is full most of the time.
+fn patient_pair_with_small_buffers() -> (Mux, Mux) {
+    use nix::sys::socket::{setsockopt, sockopt::SndBuf};
+    let (a, b) = UnixStream::pair().unwrap();
+    for s in [&a, &b] {
+        setsockopt(s, SndBuf, &4096).unwrap();
+    }
+    patient_pair_over(a, b)
 }
 
 /// An `AsyncWrite` that counts the writes that moved bytes.

@@ -1,7 +1,6 @@
 //! Replays fuzz/regressions/kernel_image through the fuzz target's body.
 
-#[path = "../../../fuzz/regressions/replay.rs"]
-mod replay;
+use tether_testkit::replay;
 
 #[path = "support/fuzz_kernel_image.rs"]
 mod fuzz_kernel_image;

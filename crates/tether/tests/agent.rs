@@ -23,10 +23,7 @@ struct AgentProc {
 }
 
 fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tether-agent-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    tether_testkit::scratch_dir(&format!("agent-{tag}"))
 }
 
 fn start_agent(tag: &str, extra: &[&str]) -> AgentProc {

@@ -31,10 +31,7 @@ struct Agent {
 }
 
 fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tether-fwd-agent-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    tether_testkit::scratch_dir(&format!("fwd-agent-{tag}"))
 }
 
 /// The agent most tests share: loopback TCP allowed both ways, and one Unix socket.

@@ -83,14 +83,9 @@ fn tcp_port_in(line: &str) -> u16 {
 /// uppercase, so every byte of a connection is checked.
 fn lowercase_text(len: usize, seed: u64) -> Vec<u8> {
     let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789 \n";
-    let mut x = seed | 1;
+    let mut rng = tether_testkit::XorShift::new(seed);
     (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            alphabet[(x % alphabet.len() as u64) as usize]
-        })
+        .map(|_| alphabet[(rng.next_u64() % alphabet.len() as u64) as usize])
         .collect()
 }
 

@@ -114,20 +114,12 @@ pub async fn within<F: Future>(f: F) -> F::Output {
 
 /// Deterministic pseudo-random bytes.
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    tether_testkit::pattern(seed, len)
 }
 
+/// SHA-256 of `b`.
 pub fn sha(b: &[u8]) -> Vec<u8> {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(b).to_vec()
+    tether_testkit::sha256(b)
 }
 
 pub fn now() -> u64 {

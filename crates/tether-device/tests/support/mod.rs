@@ -1024,16 +1024,3 @@ pub fn write_available(s: &mut UnixStream, data: &[u8]) -> io::Result<usize> {
     }
     Ok(total)
 }
-
-/// Deterministic test data: distinct per `seed`, never periodic over short spans.
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}

@@ -13,8 +13,7 @@ use tokio_util::codec::Decoder;
 
 /// A directory of its own for this process, emptied before each input.
 fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tether-fuzz-receiver-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = tether_testkit::scratch_dir("fuzz-receiver");
     std::fs::create_dir_all(dir.join("root/dest")).expect("scratch directory");
     std::fs::write(dir.join("outside"), b"sentinel").expect("sentinel");
     dir

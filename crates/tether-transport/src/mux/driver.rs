@@ -84,11 +84,16 @@ impl Shared {
                 return Flush::Busy;
             };
             self.flush_wanted.store(false, Ordering::SeqCst);
-            let flushed = self.flush_locked(&mut guard, cx, writer_task);
+            let flushed = self.flush_locked(&mut guard, cx);
             drop(guard);
             match flushed {
                 Flush::Idle(_) => self.hand_over_link(),
                 Flush::Closed => self.wake_all_link_waiters(),
+                // Our task may never poll the link again: the writer task takes over and
+                // registers itself with it. Only now that we let go of the write half: a
+                // writer task woken while we held it would find it busy, leave the rest
+                // to us and sleep, and the packet would wait for ever.
+                Flush::Blocked if !writer_task => self.writer.notify_one(),
                 Flush::Blocked | Flush::Busy => {}
             }
             let again = matches!(flushed, Flush::Idle(_) | Flush::Busy)
@@ -111,12 +116,7 @@ impl Shared {
     }
 
     /// The body of [`Shared::flush_link`], with the link's write half held.
-    fn flush_locked(
-        self: &Arc<Self>,
-        guard: &mut Option<Output>,
-        cx: &mut Context<'_>,
-        writer_task: bool,
-    ) -> Flush {
+    fn flush_locked(self: &Arc<Self>, guard: &mut Option<Output>, cx: &mut Context<'_>) -> Flush {
         let Some(out) = guard.as_mut() else {
             return Flush::Closed;
         };
@@ -139,14 +139,7 @@ impl Shared {
                 Poll::Ready(Err(e)) => {
                     return self.link_failed(&format!("writing the link failed: {e}"));
                 }
-                Poll::Pending => {
-                    if !writer_task {
-                        // Our task may never poll this again: the writer task takes over
-                        // and registers itself with the link.
-                        self.writer.notify_one();
-                    }
-                    return Flush::Blocked;
-                }
+                Poll::Pending => return Flush::Blocked,
             }
         }
     }

@@ -341,14 +341,5 @@ fn transfer(
 
 /// Deterministic pseudo-random bytes, so a test can tell every byte from its neighbours.
 pub fn pattern(seed: u64, len: usize) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
+    tether_testkit::pattern(seed, len).into()
 }

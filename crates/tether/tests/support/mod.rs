@@ -4,7 +4,6 @@
 // Each test file compiles its own copy and uses a part of it.
 #![allow(dead_code)]
 
-use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::Path;
@@ -115,20 +114,12 @@ pub fn spawn_agent(socket: &Path, extra: &[&str]) -> Child {
 
 /// Deterministic test data, distinct per `seed`.
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    tether_testkit::pattern(seed, len)
 }
 
 /// SHA-256 of `b`.
 pub fn sha(b: &[u8]) -> Vec<u8> {
-    Sha256::digest(b).to_vec()
+    tether_testkit::sha256(b)
 }
 
 /// `n` connections to 127.0.0.1:`port` at once, each sending its own data (`base_len`
