@@ -17,7 +17,7 @@ const HANG: Duration = Duration::from_secs(20);
 
 /// Runs one input on its own thread so that a hang fails the test instead of stalling
 /// it (the stuck thread is left behind until the binary exits).
-fn replay(path: &std::path::Path, data: Vec<u8>, run: fn(&[u8])) -> Result<(), String> {
+fn replay_bounded(path: &std::path::Path, data: Vec<u8>, run: fn(&[u8])) -> Result<(), String> {
     let (done, outcome) = mpsc::channel();
     std::thread::spawn(move || {
         let result = std::panic::catch_unwind(|| run(&data));
@@ -34,7 +34,7 @@ fn replay(path: &std::path::Path, data: Vec<u8>, run: fn(&[u8])) -> Result<(), S
 fn device_chains_regressions_stay_fixed() {
     let failures: Vec<String> = replay::inputs("device_chains")
         .into_iter()
-        .filter_map(|input| replay(&input.path, input.data, fuzz_chains::run).err())
+        .filter_map(|input| replay_bounded(&input.path, input.data, fuzz_chains::run).err())
         .collect();
     assert!(failures.is_empty(), "{failures:#?}");
 }
@@ -43,7 +43,7 @@ fn device_chains_regressions_stay_fixed() {
 fn device_chains_interpreter_survives_pseudo_random_inputs() {
     for (i, input) in pseudo_random_inputs(300, 0xde71_ce5e_ed00, 700).enumerate() {
         let name = format!("pseudo-random input #{i}");
-        replay(std::path::Path::new(&name), input, fuzz_chains::run)
+        replay_bounded(std::path::Path::new(&name), input, fuzz_chains::run)
             .unwrap_or_else(|e| panic!("{e}"));
     }
 }
@@ -57,5 +57,5 @@ fn device_chains_interpreter_survives_pseudo_random_inputs() {
 fn replay_input_from_env() {
     let path = PathBuf::from(std::env::var_os("DEVICE_CHAINS_INPUT").expect("DEVICE_CHAINS_INPUT"));
     let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    replay(&path, data, fuzz_chains::run).unwrap_or_else(|e| panic!("{e}"));
+    replay_bounded(&path, data, fuzz_chains::run).unwrap_or_else(|e| panic!("{e}"));
 }

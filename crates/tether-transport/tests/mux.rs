@@ -3,7 +3,7 @@
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 use tether_testkit::pattern;
-use tether_transport::mux::{CharDevice, LinkStatus, Mux, MuxConfig, MuxError};
+use tether_transport::mux::{CharDevice, LinkStatus, Mux, MuxConfig, MuxError, MuxStream};
 use tether_vsock::CloseReason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -113,7 +113,7 @@ async fn stalled_reader_does_not_block_other_connections_and_loses_nothing() {
     let mut bulk = host.connect(1).await.unwrap();
     let mut bulk_rx = bulk_l.accept().await.unwrap();
     let mut ping = host.connect(2).await.unwrap();
-    let mut pong = ping_l.accept().await.unwrap();
+    let pong = ping_l.accept().await.unwrap();
 
     let block = pattern(7, 1 << 20);
     let writer = tokio::spawn(async move {
@@ -130,12 +130,7 @@ async fn stalled_reader_does_not_block_other_connections_and_loses_nothing() {
 
     // Phase 1: the bulk reader reads nothing. Its writer must block on credit while
     // the ping connection completes its round trips.
-    tokio::spawn(async move {
-        let mut b = [0u8; 1];
-        while pong.read_exact(&mut b).await.is_ok() {
-            pong.write_all(&b).await.unwrap();
-        }
-    });
+    spawn_echo(pong);
     let mut rtts = Vec::new();
     for i in 0..200u8 {
         let t = Instant::now();
@@ -561,7 +556,7 @@ async fn round_trips_beside_a_full_link_never_stall() {
     let mut bulk = host.connect(1).await.unwrap();
     let mut bulk_rx = bulk_l.accept().await.unwrap();
     let mut ping = host.connect(2).await.unwrap();
-    let mut pong = ping_l.accept().await.unwrap();
+    let pong = ping_l.accept().await.unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_writer = stop.clone();
     let writer = tokio::spawn(async move {
@@ -576,12 +571,7 @@ async fn round_trips_beside_a_full_link_never_stall() {
         let mut buf = vec![0u8; 64 * 1024];
         while bulk_rx.read(&mut buf).await.unwrap() > 0 {}
     });
-    let echo = tokio::spawn(async move {
-        let mut b = [0u8; 1];
-        while pong.read_exact(&mut b).await.is_ok() {
-            pong.write_all(&b).await.unwrap();
-        }
-    });
+    let echo = spawn_echo(pong);
     for i in 0..ROUND_TRIPS {
         let round_trip = async {
             ping.write_all(&[i as u8]).await.unwrap();
@@ -599,6 +589,16 @@ async fn round_trips_beside_a_full_link_never_stall() {
     drain.await.unwrap();
     drop(ping);
     echo.await.unwrap();
+}
+
+/// Echoes `pong` byte by byte until its peer closes.
+fn spawn_echo(mut pong: MuxStream) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut b = [0u8; 1];
+        while pong.read_exact(&mut b).await.is_ok() {
+            pong.write_all(&b).await.unwrap();
+        }
+    })
 }
 
 /// [`patient_pair`] over a socketpair with the smallest send buffers the kernel allows,
