@@ -19,7 +19,7 @@
 //!
 //! yamux runs with its `Config` defaults except for the receive window: its streams start
 //! at 256 KiB (`yamux::DEFAULT_CREDIT`) and auto-tune upwards into a pool the connection
-//! window leaves; that pool is set to what tether's `buf_alloc` (512 KiB) adds over 256
+//! window leaves; that pool is set to what tether's `buf_alloc` (1 MiB) adds over 256
 //! KiB for each stream of the run, so yamux's streams together can have the credit
 //! tether's connections have.
 //!
