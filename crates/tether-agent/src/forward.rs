@@ -18,9 +18,6 @@ pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Unclaimed connections one listener holds before it stops accepting (the rest wait in
 /// the kernel's backlog): bounded memory however slow the client is.
 pub const MAX_UNCLAIMED: usize = 128;
-/// Relay buffer per direction of a forwarded connection. Smaller than the CLI's: the
-/// agent may carry hundreds of connections and is meant to stay small.
-const SPLICE_BUFFER: usize = 64 * 1024;
 
 /// Which way a forwarding request goes, for policy and messages.
 #[derive(Clone, Copy)]
@@ -288,7 +285,7 @@ pub(crate) async fn splice(frames: Frames, wr: WriteHalf<Stream>, mut target: St
             return;
         }
     }
-    match relay::relay_with_buffer(&mut client, &mut target, SPLICE_BUFFER).await {
+    match relay::relay(&mut client, &mut target).await {
         Ok(n) => tracing::debug!(up = n.a_to_b, down = n.b_to_a, "forwarded connection ended"),
         Err(e) => tracing::debug!("forwarded connection ended: {e}"),
     }
