@@ -12,8 +12,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub const INITIAL_BUFFER: usize = 16 * 1024;
 
 /// Largest buffer per direction. socat's 8 KiB costs a system call per 8 KiB; 256 KiB lets
-/// one read drain a loopback socket's whole queue. Through the agent, 256 KiB moved 7-14 %
-/// more than a fixed 64 KiB.
+/// one read drain a loopback socket's whole queue. Forwarding through the agent moved
+/// 1,665-1,999 MiB/s with this cap, against 1,513-1,616 with a fixed 64 KiB.
 pub const MAX_BUFFER: usize = 256 * 1024;
 
 /// Bytes moved by a finished relay.
