@@ -16,6 +16,9 @@ pub const INITIAL_BUFFER: usize = 16 * 1024;
 /// 1,665-1,999 MiB/s with this cap, against 1,513-1,616 with a fixed 64 KiB.
 pub const MAX_BUFFER: usize = 256 * 1024;
 
+/// Bytes one direction moves in one poll at most before it lets the other run.
+const POLL_LIMIT: u64 = 4 * MAX_BUFFER as u64;
+
 /// Bytes moved by a finished relay.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Relayed {
@@ -97,9 +100,19 @@ impl Pump {
         R: AsyncRead + ?Sized,
         W: AsyncWrite + ?Sized,
     {
+        // Counted against the task's budget like tokio's own I/O, and bounded per call,
+        // so that a stream that is always ready cannot starve the other direction (or the
+        // other tasks of the worker).
+        let coop = ready!(tokio::task::coop::poll_proceed(cx));
+        coop.made_progress();
+        let until = self.moved + POLL_LIMIT;
         loop {
             if self.done {
                 return Poll::Ready(Ok(self.moved));
+            }
+            if self.moved >= until {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
             let empty = self.start == self.end && !self.eof;
             if empty && self.poll_fill(cx, from.as_mut())?.is_pending() {
@@ -153,6 +166,7 @@ impl Pump {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A reader handing out up to the next of `chunks` per call, then end of stream; notes
@@ -190,8 +204,18 @@ mod tests {
         };
         let mut to = tokio::io::sink();
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let moved = Pump::new().poll(&mut cx, Pin::new(&mut from), Pin::new(&mut to));
-        assert!(matches!(moved, Poll::Ready(Ok(n)) if n == total as u64));
+        let mut pump = Pump::new();
+        let moved = loop {
+            let before = pump.moved;
+            let polled = pump.poll(&mut cx, Pin::new(&mut from), Pin::new(&mut to));
+            // One poll moves a bounded share (the limit, overshot by at most one read),
+            // then asks to be polled again.
+            assert!(pump.moved - before < POLL_LIMIT + MAX_BUFFER as u64);
+            if let Poll::Ready(moved) = polled {
+                break moved.unwrap();
+            }
+        };
+        assert_eq!(moved, total as u64);
         from.offered
     }
 
@@ -239,6 +263,63 @@ mod tests {
             b_to_a: down.len() as u64,
         };
         assert_eq!(moved, want);
+    }
+
+    /// A reader that always has a full buffer of bytes and a writer that always takes
+    /// everything: a direction between them never waits.
+    struct Endless;
+
+    impl AsyncRead for Endless {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            buf.put_slice(&vec![1; buf.remaining()]);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Endless {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(data.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_direction_that_never_waits_does_not_starve_the_other() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = rt.block_on(async {
+            let (mut a_peer, a_out) = tokio::io::duplex(1024);
+            let (b_in, mut b_peer) = tokio::io::duplex(1024);
+            let mut a = tokio::io::join(Endless, a_out);
+            let mut b = tokio::io::join(b_in, Endless);
+            tokio::spawn(async move { relay(&mut a, &mut b).await });
+            b_peer.write_all(b"ping").await.unwrap();
+            let mut got = [0; 4];
+            let read = a_peer.read_exact(&mut got);
+            tokio::time::timeout(Duration::from_secs(10), read)
+                .await
+                .map(|_| got)
+        });
+        // A relay stuck in one poll would hold its worker for good: leave it behind
+        // rather than wait for it, so the test fails instead of hanging.
+        rt.shutdown_background();
+        assert_eq!(&got.expect("the quiet direction was relayed"), b"ping");
     }
 
     /// A stream whose reads and writes fail with a reset.
