@@ -115,6 +115,35 @@ pub fn guest_binary(explicit: Option<&Path>) -> Result<PathBuf, VmError> {
     };
     match is_static(&candidate) {
         Ok(true) => Ok(candidate),
-        _ => Err(VmError::NotStatic(candidate)),
+        Ok(false) => Err(VmError::NotStatic(candidate)),
+        Err(e) => {
+            let what = format!("reading the guest binary {}", candidate.display());
+            Err(VmError::Io(what, e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_guest_binary_is_named_as_missing_not_as_dynamic() {
+        let err = guest_binary(Some(Path::new("/nonexistent/tether"))).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("reading the guest binary /nonexistent/tether: "),
+            "{msg}"
+        );
+        assert!(!msg.contains("dynamically linked"), "{msg}");
+    }
+
+    #[test]
+    fn a_dynamic_binary_is_refused_with_how_to_build_a_static_one() {
+        // This test binary links the C library dynamically, as cargo builds it.
+        let this = std::env::current_exe().unwrap();
+        let err = guest_binary(Some(&this)).unwrap_err();
+        assert!(matches!(err, VmError::NotStatic(_)), "{err}");
+        assert!(err.to_string().contains("crt-static"), "{err}");
     }
 }
