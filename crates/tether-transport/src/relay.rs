@@ -63,8 +63,6 @@ struct Pump {
     /// The unwritten bytes are `buf[start..end]`.
     start: usize,
     end: usize,
-    /// The last read filled the buffer: the next one may use a larger one.
-    filled: bool,
     /// Bytes were written since the last flush.
     unflushed: bool,
     /// The source reached end of stream.
@@ -80,7 +78,6 @@ impl Pump {
             buf: Vec::new(),
             start: 0,
             end: 0,
-            filled: false,
             unflushed: false,
             eof: false,
             done: false,
@@ -139,7 +136,8 @@ impl Pump {
         }
     }
 
-    /// Reads into the (emptied) buffer, growing it first if the last read filled it.
+    /// Reads into the (emptied) buffer, growing it first if the last read filled it
+    /// (`end` still marks where that read stopped).
     fn poll_fill<R: AsyncRead + ?Sized>(
         &mut self,
         cx: &mut Context<'_>,
@@ -147,7 +145,7 @@ impl Pump {
     ) -> Poll<io::Result<()>> {
         let want = match self.buf.len() {
             0 => INITIAL_BUFFER,
-            n if self.filled => (n * 2).min(MAX_BUFFER),
+            n if self.end == n => (n * 2).min(MAX_BUFFER),
             n => n,
         };
         if want != self.buf.len() {
@@ -157,7 +155,6 @@ impl Pump {
         ready!(from.poll_read(cx, &mut rb))?;
         let n = rb.filled().len();
         (self.start, self.end) = (0, n);
-        self.filled = n == self.buf.len();
         self.eof = n == 0;
         Poll::Ready(Ok(()))
     }
@@ -266,7 +263,8 @@ mod tests {
     }
 
     /// A reader that always has a full buffer of bytes and a writer that always takes
-    /// everything: a direction between them never waits.
+    /// everything: a direction between them never waits. Not tokio's `repeat` and
+    /// `sink`: those yield to the task budget, which would hide a relay that does not.
     struct Endless;
 
     impl AsyncRead for Endless {
